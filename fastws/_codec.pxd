@@ -52,6 +52,7 @@ cdef class FrameParser:
     cdef bint _f_masked
     cdef uint64_t _f_done               # payload bytes of this frame consumed so far
 
+    cdef readonly Py_ssize_t frame_start  # where the current frame's header began in the fed buffer
     cdef readonly int opcode
     cdef readonly int message_opcode
     cdef readonly bint fin

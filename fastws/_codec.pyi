@@ -74,6 +74,11 @@ class FrameParser:
 
     # The current frame / event (valid after scan() or next_event() returned != EV_NONE;
     # opcode..frame_length also describe the frame in progress after EV_NONE)
+    frame_start: int           # readonly, offset in the fed buffer where the current frame's
+                               # header began (for a control event: its whole frame is
+                               # buffer[frame_start:offset])
+    frame_remaining: int       # readonly, payload bytes still to come of the data frame in
+                               # progress; 0 at a frame boundary
     opcode: int                # the frame's own opcode (0 for a continuation)
     message_opcode: int        # TEXT or BINARY: the opcode of the data message in progress
                                # (valid for EV_DATA, also for continuation frames)

@@ -340,6 +340,7 @@ cdef class FrameParser:
         memset(self._f_key, 0, 12)
         self._f_masked = False
         self._f_done = 0
+        self.frame_start = 0
         self.opcode = 0
         self.message_opcode = 0
         self.fin = False
@@ -379,6 +380,13 @@ cdef class FrameParser:
     def release(self):
         """Drop the buffer export taken by ``feed`` (idempotent)."""
         self._release()
+
+    @property
+    def frame_remaining(self):
+        """Payload bytes still to come of the data frame in progress (0 at a frame boundary)."""
+        if self._state == READ_PAYLOAD:
+            return self.frame_length - self._f_done
+        return 0
 
     def feed(self, buffer, Py_ssize_t start=0, Py_ssize_t end=-1):
         """Hand the parser ``buffer[start:end]`` (end=-1: to the end)."""
@@ -516,6 +524,7 @@ cdef class FrameParser:
                 if control and <uint64_t>avail < hlen + length:
                     break           # control frames are consumed whole
 
+                self.frame_start = pos
                 self.opcode = opcode
                 self.fin = fin
                 self.rsv1 = rsv != 0

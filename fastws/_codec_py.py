@@ -191,6 +191,7 @@ class FrameParser:
         self._mask_key = b""
         self._frame_done = 0            # payload bytes of the current frame consumed
         self._control_payload = b""     # unmasked control payload (scan mode)
+        self.frame_start = 0
         self.opcode = 0
         self.message_opcode = 0
         self.fin = False
@@ -228,6 +229,13 @@ class FrameParser:
         self._view = view
         self.offset = start
         self.end = end
+
+    @property
+    def frame_remaining(self):
+        """Payload bytes still to come of the data frame in progress (0 at a frame boundary)."""
+        if self._state == READ_PAYLOAD:
+            return self.frame_length - self._frame_done
+        return 0
 
     def release(self):
         if self._view is not None:
@@ -328,6 +336,7 @@ class FrameParser:
         if control and avail < header + length:
             return EV_NONE          # control frames are consumed whole
 
+        self.frame_start = pos
         self.opcode, self.fin, self.rsv1, self.frame_length = opcode, fin, bool(rsv), length
         self._mask_key = bytes(buf[pos + header - 4:pos + header]) if masked else b""
         if control:

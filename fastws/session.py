@@ -1,0 +1,474 @@
+"""The sans-I/O relay for one client/upstream pair.
+
+A ``Session`` is handed bytes as they arrive from either side and says what to
+send to each side and when to close each connection.  It does no I/O and reads
+no clock: the proxy passes ``now`` in.  (websockets' ``protocol.py`` and wsproto
+are the models: ``receive_data``-style inputs, ``data_to_send``-style outputs.)
+
+Each direction is relayed in one of two modes (SPEC section 4):
+
+- passthrough, when no frame handler looks at that direction: the codec's
+  ``scan()`` walks the frames of a whole read in C, and the original bytes are
+  forwarded -- client masks included, fragmentation kept;
+- inspect: messages are aggregated and unmasked, the handler chain runs, and
+  the result goes out as one frame (with a fresh mask towards the upstream).
+
+Closing (SPEC section 6, RFC 6455 section 7): a close frame from one side is
+forwarded to the other and that side's answer is forwarded back; a side is done
+when it has both sent and received a close, and its connection is then closed.
+A close fastws makes itself (protocol error, limit, TCP drop, shutdown, timeout)
+is sent to the affected sides, and their answers are swallowed.  A side that
+does not answer a close within ``close_timeout`` is dropped.  A close can only
+be put on a stream at a frame boundary; when passthrough is in the middle of a
+frame towards that side, the close waits until the frame has been relayed.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Callable
+
+from .codec import EV_CLOSE, EV_DATA, EV_NONE, EV_PING, EV_PONG, FrameParser, FrameWriter
+from .errors import ProtocolError
+from .frames import CloseCode, Opcode
+
+__all__ = ["Session", "Side", "InFlight", "CLOSE_REASONS"]
+
+#: Close reasons fastws sends with its own closes (SPEC section 6).
+CLOSE_REASONS = {
+    CloseCode.PROTOCOL_ERROR: "Protocol Error",
+    CloseCode.INVALID_DATA: "Invalid Frame Payload Data",
+    CloseCode.MESSAGE_TOO_BIG: "Payload Too Large",
+    CloseCode.INTERNAL_ERROR: "Internal Server Error",
+    CloseCode.GOING_AWAY: "Going Away",
+    CloseCode.SERVICE_RESTART: "Service Restart",
+}
+
+# The payload of fastws's own pings; a pong that echoes it is not forwarded.
+PING_MAGIC = b"fastws-ping:"
+
+
+class Side(enum.IntEnum):
+    CLIENT = 0
+    UPSTREAM = 1
+
+    @property
+    def peer(self) -> "Side":
+        return Side(1 - self)
+
+
+class InFlight:
+    """The frame in the handler chain (inspect mode): what the PDK reads and edits."""
+
+    __slots__ = ("opcode", "data", "status", "dropped", "close_args")
+
+    def __init__(self, opcode: int, data: bytes, status: int | None = None) -> None:
+        self.opcode = opcode
+        self.data = data
+        self.status = status
+        self.dropped = False
+        self.close_args: tuple | None = None   # (status, message, peer_status, peer_message)
+
+
+class _Half:
+    """State of one side: its parser (frames from it), writer (frames to it), closing flags."""
+
+    __slots__ = (
+        "side", "parser", "writer", "inspect", "out", "close_sent", "close_received",
+        "close_sent_code", "close_received_code", "close_received_reason", "eof", "done",
+        "abort", "deadline", "pending_close", "fail_after_send", "agg", "agg_opcode",
+        "ping_sent_at", "ping_payload",
+    )
+
+    def __init__(self, side: Side, parser: FrameParser, writer: FrameWriter, inspect: bool) -> None:
+        self.side = side
+        self.parser = parser              # frames coming FROM this side
+        self.writer = writer              # frames going TO this side
+        self.inspect = inspect            # frames from this side go through the chain
+        self.out: list = []               # bytes-like objects to write TO this side
+        self.close_sent = False           # a close frame was put on the stream to this side
+        self.close_received = False       # this side sent a close frame
+        self.close_sent_code: int | None = None
+        self.close_received_code: int | None = None
+        self.close_received_reason = ""
+        self.eof = False                  # this side's TCP connection ended
+        self.done = False                 # the proxy should close this side's connection
+        self.abort = False                # ... without waiting for the write buffer
+        self.deadline: float | None = None  # drop the connection then (close reply overdue)
+        self.pending_close: tuple | None = None  # (code, reason, fail) waiting for a frame boundary
+        self.fail_after_send = False      # close the connection right after the close frame
+        self.agg: bytearray | None = None  # inspect: message being aggregated
+        self.agg_opcode = 0
+        self.ping_sent_at: float | None = None
+        self.ping_payload = b""
+
+
+class Session:
+    """Relay state for one client/upstream pair.
+
+    Inputs: ``receive(side, buffer, end, now)``, ``eof(side, now)``, ``tick(now)``,
+    ``close(code, reason, now)``.  Outputs, to be drained by the caller after
+    each input: ``out(side)`` (bytes-like objects to write to that side -- they
+    may be views into the buffer just passed in, so write them before touching
+    that buffer again), ``done(side)``/``aborted(side)`` (close that side's
+    connection, after or without flushing), ``next_deadline()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_max_payload: int = 1 << 20,
+        upstream_max_payload: int = 16 << 20,
+        validate_utf8: bool = False,
+        chain: Any = None,
+        close_timeout: float = 5.0,
+        idle_timeout: float = 0.0,
+        ping_interval: float = 0.0,
+        ping_timeout: float = 20.0,
+        now: float = 0.0,
+        on_error: Callable[[BaseException, str], None] | None = None,
+    ) -> None:
+        self.chain = chain
+        inspect_client = bool(chain is not None and chain.has("ws_client_frame"))
+        inspect_upstream = bool(chain is not None and chain.has("ws_upstream_frame"))
+        self.halves = (
+            _Half(
+                Side.CLIENT,
+                FrameParser(mask_required=True, max_message_size=client_max_payload,
+                            validate_utf8=validate_utf8 or inspect_client),
+                FrameWriter(mask=False),
+                inspect_client,
+            ),
+            _Half(
+                Side.UPSTREAM,
+                FrameParser(mask_required=False, max_message_size=upstream_max_payload,
+                            validate_utf8=validate_utf8 or inspect_upstream),
+                FrameWriter(mask=True),
+                inspect_upstream,
+            ),
+        )
+        self.close_timeout = close_timeout
+        self.idle_timeout = idle_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.started = now
+        self.last_activity = now
+        self.next_ping = now + ping_interval if ping_interval > 0 else None
+        self.closed_by: str | None = None   # "client", "upstream" or "proxy"
+        self.close_cause: str | None = None
+        self.on_error = on_error
+        self._ping_counter = 0
+        # Set when a deadline may have moved earlier: the proxy then reschedules its timer.
+        self.timers_dirty = True
+
+    # -- outputs -----------------------------------------------------------------------
+
+    def out(self, side: Side) -> list:
+        """Take the bytes-like objects queued for ``side``."""
+        half = self.halves[side]
+        data, half.out = half.out, []
+        return data
+
+    def done(self, side: Side) -> bool:
+        return self.halves[side].done
+
+    def aborted(self, side: Side) -> bool:
+        return self.halves[side].abort
+
+    @property
+    def finished(self) -> bool:
+        return self.halves[0].done and self.halves[1].done
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` must run next, or None."""
+        times = [h.deadline for h in self.halves if h.deadline is not None and not h.done]
+        for h in self.halves:
+            if h.ping_sent_at is not None and not h.done:
+                times.append(h.ping_sent_at + self.ping_timeout)
+        if self.next_ping is not None and not self.closing:
+            times.append(self.next_ping)
+        if self.idle_timeout > 0 and not self.closing:
+            times.append(self.last_activity + self.idle_timeout)
+        return min(times) if times else None
+
+    @property
+    def closing(self) -> bool:
+        return any(h.close_sent or h.close_received or h.eof for h in self.halves)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def receive(self, side: Side, buffer, end: int, now: float) -> int:
+        """Bytes ``buffer[0:end]`` arrived from ``side``; returns how many were consumed.
+
+        The caller keeps ``buffer[consumed:end]`` and passes it again, with more
+        bytes behind it, on the next read.
+        """
+        src = self.halves[side]
+        if src.close_received or src.parser.failed or src.eof:
+            return end                      # RFC 6455 section 5.5.1 / 7.1.7: discard
+        self.last_activity = now
+        dst = self.halves[side.peer]
+        if dst.pending_close is not None and not src.inspect:
+            return self._receive_to_boundary(src, dst, buffer, end, now)
+        if src.inspect:
+            return self._receive_inspect(src, dst, buffer, end, now)
+        return self._receive_passthrough(src, dst, buffer, 0, end, now)
+
+    def _receive_passthrough(self, src: _Half, dst: _Half, buffer, start: int, end: int, now: float) -> int:
+        parser = src.parser
+        parser.feed(buffer, start, end)
+        while True:
+            try:
+                event = parser.scan()
+            except ProtocolError as exc:
+                self._forward(dst, buffer, start, parser.offset)
+                self._protocol_error(src, exc, now)
+                return end
+            if event == EV_NONE:
+                self._forward(dst, buffer, start, parser.offset)
+                return parser.offset
+            if event == EV_PONG and src.ping_sent_at is not None and parser.payload() == src.ping_payload:
+                # The answer to fastws's own ping: not the peer's business.
+                self._forward(dst, buffer, start, parser.frame_start)
+                src.ping_sent_at = None
+                start = parser.offset
+                continue
+            if event == EV_CLOSE:
+                self._forward(dst, buffer, start, parser.frame_start)
+                raw = memoryview(buffer)[parser.frame_start:parser.offset]
+                self._close_received(src, dst, parser.close_code, parser.close_reason, raw, now)
+                parser.release()
+                return end
+            # Pings and the peer's pongs stay in the stream and are forwarded as they are.
+
+    def _receive_to_boundary(self, src: _Half, dst: _Half, buffer, end: int, now: float) -> int:
+        """A close waits for ``dst``: relay only the rest of the frame in flight, then send it."""
+        remaining = src.parser.frame_remaining
+        limit = min(end, remaining) if remaining else 0
+        consumed = self._receive_passthrough(src, dst, buffer, 0, limit, now) if limit else 0
+        if src.parser.frame_remaining or dst.pending_close is None:
+            return consumed                 # still mid-frame (or src failed/closed meanwhile)
+        code, reason, fail = dst.pending_close
+        dst.pending_close = None
+        self._send_close(dst, code, reason, now, fail=fail)
+        if consumed == end or src.close_received or src.parser.failed:
+            return end if src.close_received or src.parser.failed else consumed
+        # Keep parsing what follows: nothing reaches dst any more, but src's own close
+        # (its answer to a close we sent it) must still be seen.
+        return self._receive_passthrough(src, dst, buffer, consumed, end, now)
+
+    def _receive_inspect(self, src: _Half, dst: _Half, buffer, end: int, now: float) -> int:
+        parser = src.parser
+        parser.feed(buffer, 0, end)
+        phase = "ws_client_frame" if src.side == Side.CLIENT else "ws_upstream_frame"
+        while True:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                self._protocol_error(src, exc, now)
+                return end
+            if event == EV_NONE:
+                return parser.offset
+            if event == EV_DATA:
+                if parser.message_finished and src.agg is None:
+                    data = parser.payload()         # one frame, one chunk: no aggregation
+                    opcode = parser.message_opcode
+                else:
+                    if src.agg is None:
+                        src.agg = bytearray()
+                        src.agg_opcode = parser.message_opcode
+                    src.agg += memoryview(buffer)[parser.payload_start:parser.payload_end]
+                    if not parser.message_finished:
+                        continue
+                    data, opcode = bytes(src.agg), src.agg_opcode
+                    src.agg = None
+                frame = InFlight(opcode, data)
+            elif event == EV_CLOSE:
+                frame = InFlight(Opcode.CLOSE, parser.close_reason.encode(), parser.close_code)
+            else:
+                frame = InFlight(Opcode.PING if event == EV_PING else Opcode.PONG, parser.payload())
+                if (event == EV_PONG and src.ping_sent_at is not None and frame.data == src.ping_payload):
+                    src.ping_sent_at = None
+                    continue
+            if not self._run_chain(phase, frame, src, now):
+                parser.release()
+                return end
+            if frame.close_args is not None:
+                parser.release()
+                self._handler_close(src, frame.close_args, now)
+                return end
+            if event == EV_CLOSE:
+                raw = None if frame.dropped else dst.writer.close_frame(
+                    frame.status if frame.status != CloseCode.NO_STATUS_RCVD else None, frame.data)
+                self._close_received(src, dst, parser.close_code, parser.close_reason, raw, now)
+                parser.release()
+                return end
+            if not frame.dropped:
+                self._forward_bytes(dst, dst.writer.frame(frame.opcode, frame.data))
+
+    def eof(self, side: Side, now: float) -> None:
+        """``side``'s TCP connection ended (or failed)."""
+        half = self.halves[side]
+        if half.eof:
+            return
+        half.eof = True
+        half.done = True
+        peer = self.halves[side.peer]
+        if not half.close_received:
+            # TCP drop without a close frame: SPEC section 6, 1001 to the other side.
+            self.closed_by = self.closed_by or side.name.lower()
+            self.close_cause = self.close_cause or "tcp drop"
+            if not peer.close_sent:
+                self._send_close(peer, CloseCode.GOING_AWAY, "", now)
+        if peer.close_received and peer.close_sent:
+            peer.done = True
+        elif peer.eof:
+            peer.done = True
+
+    def close(self, code: int, reason: str, now: float, cause: str = "proxy") -> None:
+        """fastws closes both sides itself (shutdown 1001, drain timeout 1012)."""
+        self.closed_by = self.closed_by or "proxy"
+        self.close_cause = self.close_cause or cause
+        for half in self.halves:
+            if not half.close_sent and not half.eof:
+                self._send_close(half, code, reason, now)
+
+    def tick(self, now: float) -> None:
+        """Run the timers: close replies overdue, pings, idle timeout."""
+        for half in self.halves:
+            if half.done:
+                continue
+            if half.deadline is not None and now >= half.deadline:
+                # No close answer in close_timeout (SPEC section 6): drop the connection.
+                half.done = True
+                half.abort = True
+                self.close_cause = self.close_cause or "close timeout"
+                peer = self.halves[half.side.peer]
+                if peer.eof or (peer.close_sent and peer.close_received):
+                    peer.done = True
+                elif not peer.close_sent:
+                    # The peer still waits for an answer to its close (or knows nothing):
+                    # echo its code, or 1001 when it sent none.
+                    code = peer.close_received_code if peer.close_received else CloseCode.GOING_AWAY
+                    if code == CloseCode.NO_STATUS_RCVD:
+                        code = None
+                    self._send_close(peer, code, "", now)
+            elif half.ping_sent_at is not None and now >= half.ping_sent_at + self.ping_timeout:
+                self.closed_by = self.closed_by or "proxy"
+                self.close_cause = self.close_cause or "ping timeout"
+                self._fail_side(half, CloseCode.INTERNAL_ERROR, "Ping Timeout", now)
+        if self.closing:
+            return
+        if self.idle_timeout > 0 and now >= self.last_activity + self.idle_timeout:
+            self.close(CloseCode.GOING_AWAY, "Idle Timeout", now, cause="idle timeout")
+            return
+        if self.next_ping is not None and now >= self.next_ping:
+            self.next_ping = now + self.ping_interval
+            for half in self.halves:
+                if half.ping_sent_at is None and self._at_boundary(half):
+                    self._ping_counter += 1
+                    half.ping_payload = PING_MAGIC + str(self._ping_counter).encode()
+                    half.ping_sent_at = now
+                    self._forward_bytes(half, half.writer.frame(Opcode.PING, half.ping_payload))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _forward(self, dst: _Half, buffer, start: int, stop: int) -> None:
+        if stop > start and not dst.close_sent and not dst.eof:
+            dst.out.append(memoryview(buffer)[start:stop])
+
+    def _forward_bytes(self, dst: _Half, data: bytes) -> None:
+        if not dst.close_sent and not dst.eof:
+            dst.out.append(data)
+
+    def _at_boundary(self, dst: _Half) -> bool:
+        """Whether a frame may be put on the stream towards ``dst`` now."""
+        src = self.halves[dst.side.peer]
+        return src.inspect or src.parser.frame_remaining == 0 or src.eof or src.parser.failed
+
+    def _send_close(self, dst: _Half, code: int | None, reason: str, now: float, fail: bool = False) -> None:
+        """Put a close frame made by fastws on the stream to ``dst``."""
+        if dst.close_sent or dst.eof:
+            if fail:
+                dst.done = True
+            return
+        if not self._at_boundary(dst):
+            # Mid-frame in passthrough: the close goes out once the frame has been relayed.
+            dst.pending_close = (code, reason, fail)
+            dst.deadline = now + self.close_timeout
+            self.timers_dirty = True
+            return
+        dst.out.append(dst.writer.close_frame(code, reason))
+        dst.close_sent = True
+        dst.close_sent_code = code
+        dst.deadline = now + self.close_timeout
+        self.timers_dirty = True
+        if fail or dst.close_received:
+            dst.done = True
+
+    def _close_received(self, src: _Half, dst: _Half, code: int, reason: str, raw, now: float) -> None:
+        """``src`` sent a close frame (``raw``: as it goes to ``dst``, None to swallow it)."""
+        src.close_received = True
+        src.close_received_code = code
+        src.close_received_reason = reason
+        src.ping_sent_at = None
+        if self.closed_by is None:
+            self.closed_by = src.side.name.lower()
+            self.close_cause = "close frame"
+        if src.close_sent:
+            src.done = True                     # its answer to our (or the peer's) close
+            src.deadline = None
+        if raw is not None and not dst.close_sent and not dst.eof:
+            if self._at_boundary(dst):
+                dst.out.append(raw if isinstance(raw, bytes) else bytes(raw))
+                dst.close_sent = True
+                dst.close_sent_code = code
+                dst.deadline = now + self.close_timeout
+                self.timers_dirty = True
+            else:
+                dst.pending_close = (code if code != CloseCode.NO_STATUS_RCVD else None, reason, False)
+                dst.deadline = now + self.close_timeout
+                self.timers_dirty = True
+        if dst.close_sent and dst.close_received:
+            dst.done = True
+        if dst.eof:
+            src.done = True                     # nobody left to answer for
+        if not src.close_sent and dst.eof:
+            self._send_close(src, code if code != CloseCode.NO_STATUS_RCVD else None, reason, now)
+
+    def _protocol_error(self, src: _Half, exc: ProtocolError, now: float) -> None:
+        """SPEC section 4/6: the offender gets 1002/1007/1009, its peer 1001 with no reason."""
+        self.closed_by = self.closed_by or "proxy"
+        self.close_cause = self.close_cause or f"{src.side.name.lower()} protocol error: {exc}"
+        code = int(exc.code)
+        self._fail_side(src, code, CLOSE_REASONS.get(code, ""), now)
+
+    def _fail_side(self, half: _Half, code: int, reason: str, now: float) -> None:
+        """Fail ``half`` (RFC 6455 section 7.1.7): close frame, then its TCP; 1001 to the peer."""
+        peer = self.halves[half.side.peer]
+        self._send_close(half, code, reason, now, fail=True)
+        if not peer.close_sent:
+            self._send_close(peer, CloseCode.GOING_AWAY, "", now)
+
+    def _run_chain(self, phase: str, frame: InFlight, src: _Half, now: float) -> bool:
+        """Run the handlers; False when one raised (both sides then get 1011)."""
+        try:
+            self.chain.run(phase, frame)
+        except Exception as exc:  # a plugin bug must not take the worker down
+            if self.on_error is not None:
+                self.on_error(exc, phase)
+            self.closed_by = self.closed_by or "proxy"
+            self.close_cause = self.close_cause or f"handler error in {phase}"
+            for half in self.halves:
+                self._send_close(half, CloseCode.INTERNAL_ERROR, "Internal Server Error", now, fail=True)
+            return False
+        return True
+
+    def _handler_close(self, src: _Half, args: tuple, now: float) -> None:
+        """A handler called close(): the first pair to ``src``, the second to its peer."""
+        status, message, peer_status, peer_message = args
+        self.closed_by = self.closed_by or "proxy"
+        self.close_cause = self.close_cause or "handler close"
+        dst = self.halves[src.side.peer]
+        self._send_close(src, status or CloseCode.NORMAL_CLOSURE, message or "", now)
+        self._send_close(dst, peer_status or CloseCode.NORMAL_CLOSURE, peer_message or "", now)
