@@ -1,15 +1,27 @@
 """The ``fastws`` command line (SPEC section 1).
 
-So far it answers ``--version``; the proxy itself arrives with the proxy issue.
+    fastws [--config FILE] [--workers N] [--listen HOST:PORT]... [--upstream URL]
+           [--tls-cert PEM --tls-key PEM] [--admin HOST:PORT] [--log-level LEVEL]
+           [--access-log PATH|-]
+    fastws check FILE
+    fastws --version
+
+User errors (bad config, port in use, missing certificate) print one line and
+exit non-zero, with no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import platform
 import sys
 
 from . import __version__
+from .errors import ConfigError
+
+EXIT_USAGE = 2
 
 
 def version_text() -> str:
@@ -24,21 +36,53 @@ def version_text() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import add_arguments
+
     parser = argparse.ArgumentParser(
         prog="fastws",
-        description="A WebSocket reverse proxy with Kong-style Python plugins.",
+        description="A WebSocket reverse proxy with Kong-style Python plugins. "
+                    "`fastws check FILE` validates a config file and prints the effective config.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and the codec in use, then exit")
+    parser.add_argument("--config", "-c", metavar="FILE", default=None, help="YAML config file")
+    add_arguments(parser)
     return parser
 
 
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s fastws[{os.getpid()}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        from .config import check_main
+
+        if len(argv) != 2:
+            print("usage: fastws check FILE", file=sys.stderr)
+            return EXIT_USAGE
+        return check_main(argv[1])
+
     args = build_parser().parse_args(argv)
     if args.version:
         print(version_text())
         return 0
-    print(
-        "fastws: the proxy is not part of this build yet; only --version works so far.",
-        file=sys.stderr,
-    )
-    return 2
+    from .config import config_from_args
+
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"fastws: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(config.log_level)
+    if config.workers > 1:
+        print("fastws: --workers above 1 needs the master process, which is not built yet; "
+              "run with --workers 1", file=sys.stderr)
+        return EXIT_USAGE
+    from .worker import run
+
+    return run(config)

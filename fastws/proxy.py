@@ -1,0 +1,611 @@
+"""asyncio glue: sockets, the upstream connection, backpressure and timers.
+
+All I/O of a proxied connection lives here; the decisions live in the sans-I/O
+``handshake`` and ``session`` modules.  Both sides are ``BufferedProtocol``s
+reading into a per-connection ``bytearray`` (uvloop reads straight into it), so
+in passthrough a read costs one ``Session.receive`` call, one codec ``scan()``
+and one ``transport.write`` of a view of that same buffer.
+
+Buffer ownership: uvloop and asyncio keep a reference to a buffer they could
+not write at once.  After writing views of the read buffer, an endpoint whose
+peer transport still holds data (``get_write_buffer_size() > 0``) gives the
+buffer away and continues in a fresh one, so bytes still queued are never
+overwritten.
+
+Backpressure: when a side's write buffer passes its high-water mark, its
+transport calls ``pause_writing`` and the proxy stops reading the other side;
+``resume_writing`` (below low water) starts it again.  Memory per connection is
+then bounded by the read buffer plus the write buffer limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from typing import Any, Callable
+
+from . import handshake as hs
+from .frames import CloseCode
+from .session import Session, Side
+
+__all__ = ["ProxyServer", "ConnectionStats"]
+
+log = logging.getLogger("fastws.proxy")
+
+READ_BUFFER_SIZE = 64 * 1024        # initial read buffer per side
+MIN_READ_SPACE = 16 * 1024          # grow when less than this is free
+MAX_RESPONSE_WAIT = 30.0            # upstream's answer to the upgrade request, at most
+
+
+class ConnectionStats:
+    """What the access log and ``ws_close`` see of a connection (SPEC section 7)."""
+
+    __slots__ = (
+        "client", "route", "service", "upstream", "path", "status", "started", "ended",
+        "client_messages", "client_bytes", "upstream_messages", "upstream_bytes",
+        "client_close_code", "upstream_close_code", "closed_by", "cause",
+    )
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+        self.route = self.service = self.upstream = self.path = None
+        self.status = 0
+        self.started = time.time()
+        self.ended: float | None = None
+        self.client_messages = self.client_bytes = 0
+        self.upstream_messages = self.upstream_bytes = 0
+        self.client_close_code: int | None = None    # the close code the client sent
+        self.upstream_close_code: int | None = None  # the close code the upstream sent
+        self.closed_by: str | None = None
+        self.cause: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return (self.ended or time.time()) - self.started
+
+    def as_dict(self) -> dict:
+        return {
+            "client": self.client, "route": self.route, "service": self.service,
+            "upstream": self.upstream, "path": self.path, "status": self.status,
+            "duration": round(self.duration, 6),
+            "client_messages": self.client_messages, "client_bytes": self.client_bytes,
+            "upstream_messages": self.upstream_messages, "upstream_bytes": self.upstream_bytes,
+            "client_close_code": self.client_close_code,
+            "upstream_close_code": self.upstream_close_code,
+            "closed_by": self.closed_by, "cause": self.cause,
+        }
+
+    def as_text(self) -> str:
+        d = self.as_dict()
+        return (
+            f'{d["client"]} "{d["path"]}" {d["status"]} route={d["route"]} upstream={d["upstream"]} '
+            f'duration={d["duration"]:.3f}s in={d["client_messages"]}/{d["client_bytes"]}B '
+            f'out={d["upstream_messages"]}/{d["upstream_bytes"]}B '
+            f'close=client:{d["client_close_code"]},upstream:{d["upstream_close_code"]} '
+            f'closed_by={d["closed_by"]}' + (f' cause="{d["cause"]}"' if d["cause"] else "")
+        )
+
+
+class _Endpoint(asyncio.BufferedProtocol):
+    """One side's connection; relays into the link's session once both sides are open."""
+
+    side: Side
+
+    def __init__(self, link: "_Link") -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray(READ_BUFFER_SIZE)
+        self.view = memoryview(self.buf)
+        self.len = 0
+        self.relaying = False
+        self.closed = False
+        self.paused_by_peer = False
+
+    # -- buffer management (principle 5: grow above use, memmove the tail) ----------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self.buf) - self.len < MIN_READ_SPACE:
+            self._replace_buffer(max(2 * len(self.buf), self.len + MIN_READ_SPACE), self.len)
+        return self.view[self.len:]
+
+    def _replace_buffer(self, size: int, keep_from: int) -> None:
+        """Move ``buf[keep_from:len]`` to the start of a new buffer of ``size`` bytes."""
+        rest = self.len - keep_from
+        new = bytearray(max(size, READ_BUFFER_SIZE))
+        new[:rest] = self.view[keep_from:self.len]
+        self.buf, self.view, self.len = new, memoryview(new), rest
+
+    def _consumed(self, consumed: int, lent: bool) -> None:
+        if consumed == 0:
+            return
+        if lent:
+            # The peer transport still holds views of this buffer: leave it to them.
+            self._replace_buffer(len(self.buf) if len(self.buf) <= 4 * READ_BUFFER_SIZE
+                                 else READ_BUFFER_SIZE, consumed)
+            return
+        rest = self.len - consumed
+        if rest:
+            self.buf[:rest] = self.view[consumed:self.len]
+        self.len = rest
+        if len(self.buf) > 4 * READ_BUFFER_SIZE and rest < READ_BUFFER_SIZE:
+            self._replace_buffer(READ_BUFFER_SIZE, 0)    # shrink back after a large frame
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.len += nbytes
+        if self.relaying:
+            self.link.relay(self)
+        else:
+            self.before_relay(nbytes)
+
+    def before_relay(self, nbytes: int) -> None:
+        """Bytes before the session exists (handshake); subclasses decide."""
+
+    # -- flow control ------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        limits = self.link.server.write_limits
+        transport.set_write_buffer_limits(high=limits[0], low=limits[1])
+
+    def pause_writing(self) -> None:
+        self.link.pause_peer_of(self)
+
+    def resume_writing(self) -> None:
+        self.link.resume_peer_of(self)
+
+    def write(self, chunks: list) -> None:
+        if self.closed or self.transport is None:
+            return
+        if len(chunks) == 1:
+            self.transport.write(chunks[0])
+        else:
+            self.transport.writelines(chunks)
+
+    def close(self, abort: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def eof_received(self) -> bool:
+        self.link.eof(self)
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.link.eof(self)
+
+
+class ClientEndpoint(_Endpoint):
+    side = Side.CLIENT
+
+    def __init__(self, server: "ProxyServer", listen: Any) -> None:
+        super().__init__(_Link(server, self))
+        self.listen = listen
+        self.reader = hs.RequestReader(server.config.max_header_size, server.config.max_headers)
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        server = self.link.server
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        sock = transport.get_extra_info("sockname") or ("?", 0)
+        self.link.stats = ConnectionStats(f"{peer[0]}:{peer[1]}")
+        self.link.client_addr = (peer[0], peer[1])
+        self.link.server_port = sock[1]
+        self.link.tls = transport.get_extra_info("sslcontext") is not None
+        server.connection_opened(self.link)
+        self.handshake_timer = server.loop.call_later(server.config.handshake_timeout, self._handshake_timeout)
+
+    def before_relay(self, nbytes: int) -> None:
+        if self.task is not None:
+            return                        # request complete, waiting for the upstream: keep bytes
+        try:
+            request = self.reader.feed(bytes(self.view[self.len - nbytes:self.len]))
+        except hs.HandshakeError as exc:
+            self.link.reject(exc)
+            return
+        if request is None:
+            return
+        # Bytes after the request are the client's first frames: keep only those.
+        leftover = self.reader.leftover
+        self.buf[:len(leftover)] = leftover
+        self.len = len(leftover)
+        self.transport.pause_reading()
+        self.task = self.link.server.loop.create_task(self.link.open(request))
+
+    def _handshake_timeout(self) -> None:
+        if not self.relaying and self.task is None and not self.closed:
+            self.link.reject(hs.HandshakeError(408, "Request Timeout: no complete handshake in time"))
+
+    def connection_lost(self, exc) -> None:
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+        super().connection_lost(exc)
+
+
+class UpstreamEndpoint(_Endpoint):
+    side = Side.UPSTREAM
+
+    def __init__(self, link: "_Link") -> None:
+        super().__init__(link)
+        self.reader = hs.ResponseReader()
+        self.response: asyncio.Future = link.server.loop.create_future()
+
+    def before_relay(self, nbytes: int) -> None:
+        if self.response.done():
+            return
+        try:
+            response = self.reader.feed(bytes(self.view[self.len - nbytes:self.len]))
+        except hs.HandshakeError as exc:
+            self.response.set_exception(exc)
+            return
+        if response is not None:
+            leftover = response.leftover if response.status == 101 else b""
+            self.buf[:len(leftover)] = leftover
+            self.len = len(leftover)
+            self.transport.pause_reading()
+            self.response.set_result(response)
+
+    def eof_received(self) -> bool:
+        if not self.response.done():
+            try:
+                self.response.set_result(self.reader.feed_eof())
+            except hs.HandshakeError as exc:
+                self.response.set_exception(exc)
+        return super().eof_received()
+
+    def connection_lost(self, exc) -> None:
+        if not self.response.done():
+            self.response.set_exception(
+                hs.HandshakeError(502, "Bad Gateway: upstream closed the connection during the handshake"))
+        super().connection_lost(exc)
+
+
+class _Link:
+    """One proxied connection: the two endpoints, the session, timers and stats."""
+
+    def __init__(self, server: "ProxyServer", client: ClientEndpoint) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.client = client
+        self.upstream: UpstreamEndpoint | None = None
+        self.session: Session | None = None
+        self.stats: ConnectionStats | None = None
+        self.client_addr = ("?", 0)
+        self.server_port = 0
+        self.tls = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_when: float | None = None
+        self.finished = False
+        self.chain = None
+
+    # -- handshake ----------------------------------------------------------------------------
+
+    def reject(self, exc: hs.HandshakeError) -> None:
+        """Answer the client with an HTTP error and close (SPEC section 3)."""
+        if self.stats is not None:
+            self.stats.status = exc.status
+            self.stats.cause = exc.reason
+        self.server.handshake_done(exc.status)
+        if not self.client.closed:
+            self.client.transport.write(exc.response())
+            self.client.close()
+        if self.upstream is not None:
+            self.upstream.close(abort=True)
+        self._finish()
+
+    async def open(self, request) -> None:
+        try:
+            await self._open(request)
+        except hs.HandshakeError as exc:
+            self.reject(exc)
+        except Exception as exc:  # never let one connection take the worker down
+            log.exception("unexpected error during the handshake")
+            self.reject(hs.HandshakeError(500, f"Internal Server Error: {type(exc).__name__}"))
+
+    async def _open(self, request) -> None:
+        server = self.server
+        stats = self.stats
+        stats.path = request.target
+        # Route on the decoded path with dot segments removed, so that
+        # /chat/../admin cannot ride on a /chat route; the query is kept.
+        match = server.router.match(request.host, request.path + ("?" + request.query if request.query else ""))
+        if match is None:
+            raise hs.HandshakeError(404, "Not Found: no route matches")
+        stats.route = match.route.name
+        stats.service = match.service.name
+        service = match.service
+        hs.validate_upgrade(request)
+        self.chain = server.chain_for(match) if server.chain_for is not None else None
+
+        stats.upstream = service.url
+        key = hs.new_key()
+        upstream = UpstreamEndpoint(self)
+        self.upstream = upstream
+        ssl_ctx = server.upstream_ssl(service)
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: upstream, service.host, service.port, ssl=ssl_ctx,
+                    server_hostname=service.host if ssl_ctx is not None else None,
+                ),
+                timeout=service.connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise hs.HandshakeError(504, "Gateway Timeout: upstream connect timed out") from None
+        except ssl.SSLError as exc:
+            raise hs.HandshakeError(502, f"Bad Gateway: upstream TLS failed ({exc.reason or exc})") from None
+        except OSError as exc:
+            raise hs.HandshakeError(502, f"Bad Gateway: upstream connect failed ({exc.strerror or exc})") from None
+        if self.client.closed:
+            upstream.close(abort=True)
+            self._finish()
+            return
+        upstream.transport.write(hs.build_upstream_request(
+            request, host=service.host, port=service.port, path=match.upstream_path,
+            scheme=service.scheme, client_ip=self.client_addr[0], client_port=self.client_addr[1],
+            tls=self.tls, key=key, server_port=self.server_port,
+        ))
+        try:
+            response = await asyncio.wait_for(asyncio.shield(upstream.response),
+                                              timeout=max(service.connect_timeout, MAX_RESPONSE_WAIT))
+        except asyncio.TimeoutError:
+            raise hs.HandshakeError(504, "Gateway Timeout: upstream did not answer the upgrade") from None
+        if response.status != 101:
+            # SPEC section 3: the upstream's status, headers and body go to the client.
+            stats.status = response.status
+            self.server.handshake_done(response.status)
+            self.client.transport.write(hs.build_response(
+                response.status, response.reason, response.headers, response.body))
+            self.client.close()
+            upstream.close()
+            self._finish()
+            return
+        try:
+            hs.check_upstream_response(request, response, key)
+        except hs.UpstreamHandshakeError as exc:
+            if exc.close_upstream_code is not None:
+                from .codec import FrameWriter
+                upstream.transport.write(FrameWriter(mask=True).close_frame(exc.close_upstream_code))
+            upstream.close()
+            raise
+        self._start_relay(request, response)
+
+    def _start_relay(self, request, response) -> None:
+        server = self.server
+        cfg = server.config
+        if self.client.handshake_timer is not None:
+            self.client.handshake_timer.cancel()
+        self.session = Session(
+            client_max_payload=server.client_max_payload,
+            upstream_max_payload=server.upstream_max_payload,
+            validate_utf8=cfg.validate_utf8,
+            chain=self.chain,
+            close_timeout=cfg.close_timeout,
+            idle_timeout=cfg.idle_timeout,
+            ping_interval=cfg.ping_interval,
+            ping_timeout=cfg.ping_timeout,
+            now=self.loop.time(),
+            on_error=self._handler_error,
+        )
+        self.stats.status = 101
+        server.handshake_done(101)
+        self.client.transport.write(hs.build_switching_protocols(request, response))
+        self.client.relaying = True
+        self.upstream.relaying = True
+        # Frames that arrived with the handshakes.
+        for endpoint in (self.upstream, self.client):
+            if endpoint.len and not self.finished:
+                self.relay(endpoint)
+        self._schedule()
+        if not self.finished:
+            self.client.transport.resume_reading()
+            self.upstream.transport.resume_reading()
+
+    def _handler_error(self, exc: BaseException, phase: str) -> None:
+        log.error("plugin handler raised in %s: %r", phase, exc, exc_info=exc)
+        self.server.handler_errors += 1
+
+    # -- relay ----------------------------------------------------------------------------------
+
+    def relay(self, src: _Endpoint) -> None:
+        session = self.session
+        consumed = session.receive(src.side, src.buf, src.len, self.loop.time())
+        dst = self.upstream if src is self.client else self.client
+        out = session.out(dst.side)
+        lent = False
+        if out:
+            dst.write(out)
+            lent = dst.transport is not None and dst.transport.get_write_buffer_size() > 0
+        src._consumed(consumed, lent)
+        self._after_session()
+
+    def _after_session(self) -> None:
+        session = self.session
+        for endpoint in (self.client, self.upstream):
+            out = session.out(endpoint.side)
+            if out:
+                endpoint.write(out)
+            if session.done(endpoint.side) and not endpoint.closed:
+                endpoint.close(abort=session.aborted(endpoint.side))
+        if session.finished:
+            self._finish()
+        elif session.timers_dirty:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        session = self.session
+        session.timers_dirty = False
+        when = session.next_deadline()
+        if when is None:
+            return
+        if self.timer is not None and self.timer_when is not None and self.timer_when <= when:
+            return                          # the earlier timer will fire and reschedule
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_when = when
+        self.timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.timer_when = None
+        if self.finished or self.session is None:
+            return
+        self.session.tick(self.loop.time())
+        self._after_session()
+        if not self.finished:
+            self._schedule()
+
+    def eof(self, endpoint: _Endpoint) -> None:
+        if self.session is None:
+            if endpoint is self.client:
+                # Client gone during the handshake: drop the upstream attempt too.
+                if self.client.task is not None and not self.client.task.done():
+                    self.client.task.cancel()
+                if self.upstream is not None:
+                    self.upstream.close(abort=True)
+                self._finish()
+            return
+        if self.finished:
+            return
+        self.session.eof(endpoint.side, self.loop.time())
+        self._after_session()
+
+    def pause_peer_of(self, endpoint: _Endpoint) -> None:
+        peer = self.upstream if endpoint is self.client else self.client
+        if peer is not None and peer.transport is not None and not peer.closed and peer.relaying:
+            peer.paused_by_peer = True
+            peer.transport.pause_reading()
+
+    def resume_peer_of(self, endpoint: _Endpoint) -> None:
+        peer = self.upstream if endpoint is self.client else self.client
+        if peer is not None and peer.paused_by_peer and not peer.closed:
+            peer.paused_by_peer = False
+            peer.transport.resume_reading()
+
+    def close(self, code: int, reason: str, cause: str) -> None:
+        """Close both sides with ``code`` (shutdown, drain)."""
+        if self.session is None:
+            self.client.close(abort=True)
+            if self.upstream is not None:
+                self.upstream.close(abort=True)
+            self._finish()
+            return
+        self.session.close(code, reason, self.loop.time(), cause=cause)
+        self._after_session()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for endpoint in (self.client, self.upstream):
+            if endpoint is not None and not endpoint.closed:
+                endpoint.close(abort=self.session is not None and self.session.aborted(endpoint.side))
+        stats = self.stats
+        if stats is not None:
+            stats.ended = time.time()
+            session = self.session
+            if session is not None:
+                c, u = session.halves
+                stats.client_messages, stats.client_bytes = c.parser.messages, c.parser.payload_bytes
+                stats.upstream_messages, stats.upstream_bytes = u.parser.messages, u.parser.payload_bytes
+                stats.client_close_code = c.close_received_code
+                stats.upstream_close_code = u.close_received_code
+                stats.closed_by = session.closed_by
+                stats.cause = stats.cause or session.close_cause
+        self.server.connection_closed(self)
+
+
+class ProxyServer:
+    """Everything one worker needs to proxy: config, router, TLS contexts, counters.
+
+    ``chain_for(match)`` returns the handler chain of a route (or None for pure
+    passthrough); the worker wires the plugin layer in through it.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        router: Any,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        chain_for: Callable[[Any], Any] | None = None,
+        access_log: Callable[[ConnectionStats], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.loop = loop
+        self.chain_for = chain_for
+        self.access_log = access_log
+        self.write_limits = (config.write_buffer_high, config.write_buffer_low)
+        self.client_max_payload = config.client_max_payload
+        self.upstream_max_payload = config.upstream_max_payload
+        self.links: set[_Link] = set()
+        self._ssl_cache: dict[str, ssl.SSLContext | None] = {}
+        self.connections_total = 0
+        self.handshakes: dict[int, int] = {}
+        self.handler_errors = 0
+        self.closed_event = asyncio.Event()
+
+    def protocol_factory(self, listen: Any = None) -> Callable[[], ClientEndpoint]:
+        return lambda: ClientEndpoint(self, listen)
+
+    def upstream_ssl(self, service) -> ssl.SSLContext | None:
+        if service.scheme != "wss":
+            return None
+        ctx = self._ssl_cache.get(service.name)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=service.ca_file)
+            if not service.tls_verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            if service.client_cert:
+                ctx.load_cert_chain(service.client_cert, service.client_key)
+            self._ssl_cache[service.name] = ctx
+        return ctx
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def connection_opened(self, link: _Link) -> None:
+        self.links.add(link)
+        self.connections_total += 1
+        self.closed_event.clear()
+
+    def handshake_done(self, status: int) -> None:
+        self.handshakes[status] = self.handshakes.get(status, 0) + 1
+
+    def connection_closed(self, link: _Link) -> None:
+        self.links.discard(link)
+        if link.stats is not None and self.access_log is not None:
+            try:
+                self.access_log(link.stats)
+            except Exception:
+                log.exception("access log failed")
+        if not self.links:
+            self.closed_event.set()
+
+    def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "Going Away",
+                  cause: str = "shutdown") -> None:
+        for link in list(self.links):
+            link.close(code, reason, cause)
+
+
+def access_log_writer(stream, fmt: str = "text") -> Callable[[ConnectionStats], None]:
+    """One line per connection at close, text or JSON lines (SPEC section 7)."""
+    def write(stats: ConnectionStats) -> None:
+        line = json.dumps(stats.as_dict()) if fmt == "json" else stats.as_text()
+        stream.write(line + "\n")
+        stream.flush()
+    return write

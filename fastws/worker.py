@@ -1,0 +1,141 @@
+"""One worker process: its own uvloop loop, its own SO_REUSEPORT listeners, signals, drain.
+
+The composition root: it builds the router, the proxy server, the access log
+and (with no upstream configured) the built-in echo upstream, and wires them
+together.  ``run(config)`` is the entry point the command line (and later the
+master process) calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from typing import Any, Callable
+
+from .echo import start_echo_server
+from .frames import CloseCode
+from .proxy import ProxyServer, access_log_writer
+
+__all__ = ["run", "serve", "Worker", "EXIT_OK", "EXIT_BOOT_ERROR"]
+
+log = logging.getLogger("fastws")
+
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3     # gunicorn's WORKER_BOOT_ERROR: the master must not respawn
+
+
+def _server_ssl(tls: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
+
+
+def _format_listen(listen: Any) -> str:
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    return f"{'wss' if listen.tls else 'ws'}://{host}:{listen.port}"
+
+
+class Worker:
+    """Runs the proxy in the current event loop until ``stop()``."""
+
+    def __init__(self, config: Any, *, chain_for: Callable | None = None) -> None:
+        self.config = config
+        self.chain_for = chain_for
+        self.proxy: ProxyServer | None = None
+        self.listeners: list[asyncio.AbstractServer] = []
+        self.echo: asyncio.AbstractServer | None = None
+        self._stop = asyncio.Event()
+        self._stop_timeout = config.graceful_timeout
+        self.addresses: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        from .config import upstream_service
+        from .routing import Router
+
+        config = self.config
+        loop = asyncio.get_running_loop()
+        services = list(config.services)
+        if config.echo:
+            self.echo = await start_echo_server("127.0.0.1", 0)
+            port = self.echo.sockets[0].getsockname()[1]
+            services = [upstream_service(f"ws://127.0.0.1:{port}/", name="echo")]
+        access_log = None
+        if config.access_log:
+            stream = sys.stdout if config.access_log == "-" else open(config.access_log, "a", buffering=1)
+            access_log = access_log_writer(stream, config.access_log_format)
+        self.proxy = ProxyServer(config, Router(services), loop, chain_for=self.chain_for,
+                                 access_log=access_log)
+        for listen in config.listen:
+            server = await loop.create_server(
+                self.proxy.protocol_factory(listen), listen.host, listen.port,
+                reuse_port=True, backlog=1024,
+                ssl=_server_ssl(listen.tls) if listen.tls else None,
+            )
+            self.listeners.append(server)
+            for sock in server.sockets:
+                self.addresses.append(sock.getsockname()[:2])
+        where = ", ".join(_format_listen(item) for item in config.listen)
+        if config.echo:
+            log.info("fastws listening on %s, proxying to the built-in echo upstream "
+                     "(no --upstream or --config given)", where)
+        else:
+            log.info("fastws listening on %s, %d service(s)", where, len(services))
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Begin a graceful stop (SIGTERM: graceful_timeout; SIGINT: quicker)."""
+        if timeout is not None:
+            self._stop_timeout = timeout
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+        await self.shutdown(self._stop_timeout)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, close every session with 1001, wait up to ``timeout``."""
+        for server in self.listeners:
+            server.close()
+        proxy = self.proxy
+        if proxy is not None and proxy.links:
+            proxy.close_all(CloseCode.GOING_AWAY, "Going Away", "shutdown")
+            try:
+                await asyncio.wait_for(proxy.closed_event.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("%d connection(s) still open after %.1fs; dropping them",
+                            len(proxy.links), timeout)
+                for link in list(proxy.links):
+                    link.client.close(abort=True)
+                    if link.upstream is not None:
+                        link.upstream.close(abort=True)
+                    link._finish()
+        if self.echo is not None:
+            self.echo.close()
+
+
+async def serve(config: Any, *, chain_for: Callable | None = None) -> int:
+    worker = Worker(config, chain_for=chain_for)
+    try:
+        await worker.start()
+    except OSError as exc:
+        print(f"fastws: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BOOT_ERROR
+    except ssl.SSLError as exc:
+        print(f"fastws: TLS certificate or key unusable: {exc}", file=sys.stderr)
+        return EXIT_BOOT_ERROR
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, worker.stop)
+    loop.add_signal_handler(signal.SIGINT, worker.stop, min(config.graceful_timeout, 2.0))
+    await worker.wait_stopped()
+    return EXIT_OK
+
+
+def run(config: Any, *, chain_for: Callable | None = None) -> int:
+    """Run one worker in this process until SIGTERM or SIGINT; returns the exit code."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(serve(config, chain_for=chain_for))
+    return uvloop.run(serve(config, chain_for=chain_for))
