@@ -208,8 +208,10 @@ class ClientEndpoint(_Endpoint):
     def before_relay(self, nbytes: int) -> None:
         if self.task is not None:
             return                        # request complete, waiting for the upstream: keep bytes
+        # The reader keeps what it needs of the head; the buffer need not.
+        self.len -= nbytes
         try:
-            request = self.reader.feed(bytes(self.view[self.len - nbytes:self.len]))
+            request = self.reader.feed(bytes(self.view[self.len:self.len + nbytes]))
         except hs.HandshakeError as exc:
             self.link.reject(exc)
             return
@@ -243,8 +245,9 @@ class UpstreamEndpoint(_Endpoint):
     def before_relay(self, nbytes: int) -> None:
         if self.response.done():
             return
+        self.len -= nbytes                # a non-101 body must not pile up here
         try:
-            response = self.reader.feed(bytes(self.view[self.len - nbytes:self.len]))
+            response = self.reader.feed(bytes(self.view[self.len:self.len + nbytes]))
         except hs.HandshakeError as exc:
             self.response.set_exception(exc)
             return
@@ -418,6 +421,27 @@ class _Link:
     # -- relay ----------------------------------------------------------------------------------
 
     def relay(self, src: _Endpoint) -> None:
+        try:
+            self._relay(src)
+        except Exception:
+            # A bug must cost one connection, never the worker.
+            log.exception("internal error relaying a connection; closing it with 1011")
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        if self.finished:
+            return
+        if self.session is not None:
+            self.session.close(CloseCode.INTERNAL_ERROR, "Internal Server Error", self.loop.time(),
+                               cause="internal error")
+            for endpoint in (self.client, self.upstream):
+                if endpoint is not None:
+                    out = self.session.out(endpoint.side)
+                    if out:
+                        endpoint.write(out)
+        self._finish()
+
+    def _relay(self, src: _Endpoint) -> None:
         session = self.session
         consumed = session.receive(src.side, src.buf, src.len, self.loop.time())
         dst = self.upstream if src is self.client else self.client
@@ -460,8 +484,13 @@ class _Link:
         self.timer_when = None
         if self.finished or self.session is None:
             return
-        self.session.tick(self.loop.time())
-        self._after_session()
+        try:
+            self.session.tick(self.loop.time())
+            self._after_session()
+        except Exception:
+            log.exception("internal error in a connection's timer; closing it with 1011")
+            self._internal_error()
+            return
         if not self.finished:
             self._schedule()
 
