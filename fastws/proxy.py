@@ -103,6 +103,7 @@ class _Endpoint(asyncio.BufferedProtocol):
         self.relaying = False
         self.closed = False
         self.paused_by_peer = False
+        self.peer: _Endpoint | None = None
 
     # -- buffer management (principle 5: grow above use, memmove the tail) ----------------
 
@@ -403,6 +404,7 @@ class _Link:
         self.stats.status = 101
         server.handshake_done(101)
         self.client.transport.write(hs.build_switching_protocols(request, response))
+        self.client.peer, self.upstream.peer = self.upstream, self.client
         self.client.relaying = True
         self.upstream.relaying = True
         # Frames that arrived with the handshakes.
@@ -443,18 +445,20 @@ class _Link:
 
     def _relay(self, src: _Endpoint) -> None:
         session = self.session
-        consumed = session.receive(src.side, src.buf, src.len, self.loop.time())
-        dst = self.upstream if src is self.client else self.client
+        consumed = session.receive(src.side, src.view, src.len, self.loop.time())
+        dst = src.peer
         out = session.out(dst.side)
         lent = False
         if out:
             dst.write(out)
             lent = dst.transport is not None and dst.transport.get_write_buffer_size() > 0
         src._consumed(consumed, lent)
-        self._after_session()
+        if session.attention:
+            self._after_session()
 
     def _after_session(self) -> None:
         session = self.session
+        session.attention = False
         for endpoint in (self.client, self.upstream):
             out = session.out(endpoint.side)
             if out:

@@ -77,7 +77,7 @@ class _Half:
         "side", "parser", "writer", "inspect", "out", "close_sent", "close_received",
         "close_sent_code", "close_received_code", "close_received_reason", "eof", "done",
         "abort", "deadline", "pending_close", "fail_after_send", "agg", "agg_opcode",
-        "ping_sent_at", "ping_payload",
+        "ping_sent_at", "ping_payload", "peer",
     )
 
     def __init__(self, side: Side, parser: FrameParser, writer: FrameWriter, inspect: bool) -> None:
@@ -101,6 +101,7 @@ class _Half:
         self.agg_opcode = 0
         self.ping_sent_at: float | None = None
         self.ping_payload = b""
+        self.peer: _Half = self           # the other side, set by the Session
 
 
 class Session:
@@ -147,6 +148,7 @@ class Session:
                 inspect_upstream,
             ),
         )
+        self.halves[0].peer, self.halves[1].peer = self.halves[1], self.halves[0]
         self.close_timeout = close_timeout
         self.idle_timeout = idle_timeout
         self.ping_interval = ping_interval
@@ -160,6 +162,9 @@ class Session:
         self._ping_counter = 0
         # Set when a deadline may have moved earlier: the proxy then reschedules its timer.
         self.timers_dirty = True
+        # Set when anything but forwarding happened (a close, a failure, a timer): the
+        # proxy then looks at both sides' outputs and done flags; otherwise it need not.
+        self.attention = True
 
     # -- outputs -----------------------------------------------------------------------
 
@@ -207,7 +212,9 @@ class Session:
         if src.close_received or src.parser.failed or src.eof:
             return end                      # RFC 6455 section 5.5.1 / 7.1.7: discard
         self.last_activity = now
-        dst = self.halves[side.peer]
+        if type(buffer) is not memoryview:
+            buffer = memoryview(buffer)     # forwarded slices are views, not copies
+        dst = src.peer
         if dst.pending_close is not None and not src.inspect:
             return self._receive_to_boundary(src, dst, buffer, end, now)
         if src.inspect:
@@ -235,7 +242,7 @@ class Session:
                 continue
             if event == EV_CLOSE:
                 self._forward(dst, buffer, start, parser.frame_start)
-                raw = memoryview(buffer)[parser.frame_start:parser.offset]
+                raw = buffer[parser.frame_start:parser.offset]
                 self._close_received(src, dst, parser.close_code, parser.close_reason, raw, now)
                 parser.release()
                 return end
@@ -277,7 +284,7 @@ class Session:
                     if src.agg is None:
                         src.agg = bytearray()
                         src.agg_opcode = parser.message_opcode
-                    src.agg += memoryview(buffer)[parser.payload_start:parser.payload_end]
+                    src.agg += buffer[parser.payload_start:parser.payload_end]
                     if not parser.message_finished:
                         continue
                     data, opcode = bytes(src.agg), src.agg_opcode
@@ -311,9 +318,10 @@ class Session:
         half = self.halves[side]
         if half.eof:
             return
+        self.attention = True
         half.eof = True
         half.done = True
-        peer = self.halves[side.peer]
+        peer = half.peer
         if not half.close_received:
             # TCP drop without a close frame: SPEC section 6, 1001 to the other side.
             self.closed_by = self.closed_by or side.name.lower()
@@ -327,6 +335,7 @@ class Session:
 
     def close(self, code: int, reason: str, now: float, cause: str = "proxy") -> None:
         """fastws closes both sides itself (shutdown 1001, drain timeout 1012)."""
+        self.attention = True
         self.closed_by = self.closed_by or "proxy"
         self.close_cause = self.close_cause or cause
         for half in self.halves:
@@ -335,6 +344,7 @@ class Session:
 
     def tick(self, now: float) -> None:
         """Run the timers: close replies overdue, pings, idle timeout."""
+        self.attention = True
         for half in self.halves:
             if half.done:
                 continue
@@ -343,7 +353,7 @@ class Session:
                 half.done = True
                 half.abort = True
                 self.close_cause = self.close_cause or "close timeout"
-                peer = self.halves[half.side.peer]
+                peer = half.peer
                 if peer.eof or (peer.close_sent and peer.close_received):
                     peer.done = True
                 elif not peer.close_sent:
@@ -375,7 +385,7 @@ class Session:
 
     def _forward(self, dst: _Half, buffer, start: int, stop: int) -> None:
         if stop > start and not dst.close_sent and not dst.eof:
-            dst.out.append(memoryview(buffer)[start:stop])
+            dst.out.append(buffer[start:stop])
 
     def _forward_bytes(self, dst: _Half, data: bytes) -> None:
         if not dst.close_sent and not dst.eof:
@@ -383,11 +393,12 @@ class Session:
 
     def _at_boundary(self, dst: _Half) -> bool:
         """Whether a frame may be put on the stream towards ``dst`` now."""
-        src = self.halves[dst.side.peer]
+        src = dst.peer
         return src.inspect or src.parser.frame_remaining == 0 or src.eof or src.parser.failed
 
     def _send_close(self, dst: _Half, code: int | None, reason: str, now: float, fail: bool = False) -> None:
         """Put a close frame made by fastws on the stream to ``dst``."""
+        self.attention = True
         if dst.close_sent or dst.eof:
             if fail:
                 dst.done = True
@@ -408,6 +419,7 @@ class Session:
 
     def _close_received(self, src: _Half, dst: _Half, code: int, reason: str, raw, now: float) -> None:
         """``src`` sent a close frame (``raw``: as it goes to ``dst``, None to swallow it)."""
+        self.attention = True
         src.close_received = True
         src.close_received_code = code
         src.close_received_reason = reason
@@ -445,7 +457,7 @@ class Session:
 
     def _fail_side(self, half: _Half, code: int, reason: str, now: float) -> None:
         """Fail ``half`` (RFC 6455 section 7.1.7): close frame, then its TCP; 1001 to the peer."""
-        peer = self.halves[half.side.peer]
+        peer = half.peer
         self._send_close(half, code, reason, now, fail=True)
         if not peer.close_sent:
             self._send_close(peer, CloseCode.GOING_AWAY, "", now)
@@ -469,6 +481,6 @@ class Session:
         status, message, peer_status, peer_message = args
         self.closed_by = self.closed_by or "proxy"
         self.close_cause = self.close_cause or "handler close"
-        dst = self.halves[src.side.peer]
+        dst = src.peer
         self._send_close(src, status or CloseCode.NORMAL_CLOSURE, message or "", now)
         self._send_close(dst, peer_status or CloseCode.NORMAL_CLOSURE, peer_message or "", now)
