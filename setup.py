@@ -1,4 +1,4 @@
-"""Build the one C extension, ``fastws._codec``; everything else is in pyproject.toml.
+"""Build the C extensions (``fastws._codec``, ``fastws._relay``); everything else is in pyproject.toml.
 
 Environment:
     FASTWS_NO_EXTENSIONS=1  build no extension: the pure-Python codec is used.
@@ -76,13 +76,13 @@ def extensions():
     except ImportError:
         print("WARNING: Cython is not available; fastws will use its pure-Python codec.", file=sys.stderr)
         return []
-    ext = Extension(
-        "fastws._codec",
-        ["fastws/_codec.pyx"],
-        extra_compile_args=cflags,
-        define_macros=macros,
-    )
-    return cythonize([ext], compiler_directives=directives, annotate=bool(os.environ.get("FASTWS_ANNOTATE")))
+    # _codec: the frame codec.  _relay: the per-read passthrough path of the proxy,
+    # which calls the codec's scan through C (it cimports _codec.pxd).
+    exts = [
+        Extension(name, [f"fastws/{name.split('.')[1]}.pyx"], extra_compile_args=cflags, define_macros=macros)
+        for name in ("fastws._codec", "fastws._relay")
+    ]
+    return cythonize(exts, compiler_directives=directives, annotate=bool(os.environ.get("FASTWS_ANNOTATE")))
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": optional_build_ext})

@@ -74,6 +74,7 @@ cdef class FrameParser:
     cdef readonly uint64_t payload_bytes
     cdef readonly uint64_t message_size
 
+    cdef int _feed(self, object buffer, Py_ssize_t start, Py_ssize_t end) except -1
     cdef int _parse(self, bint inspect) except -1
     cdef int _read_control(self, Py_ssize_t start, bint inspect) except -1
     cdef int _fail(self, object cls, object message) except -1

@@ -390,6 +390,10 @@ cdef class FrameParser:
 
     def feed(self, buffer, Py_ssize_t start=0, Py_ssize_t end=-1):
         """Hand the parser ``buffer[start:end]`` (end=-1: to the end)."""
+        self._feed(buffer, start, end)
+
+    cdef int _feed(self, object buffer, Py_ssize_t start, Py_ssize_t end) except -1:
+        # Also the C-level entry point of the compiled relay (fastws/_relay.pyx).
         cdef Py_buffer view
         cdef bint writable = True
         # bytes are the common read-only case: skip the failing writable request.
@@ -414,6 +418,7 @@ cdef class FrameParser:
         self._data = <unsigned char*>view.buf
         self.offset = start
         self.end = end
+        return 0
 
     def payload(self):
         """A copy of the current event's payload, unmasked (the chunk for EV_DATA)."""

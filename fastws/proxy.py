@@ -27,6 +27,7 @@ import ssl
 import time
 from typing import Any, Callable
 
+from . import codec
 from . import handshake as hs
 from .frames import CloseCode
 from .session import Session, Side
@@ -89,10 +90,13 @@ class ConnectionStats:
         )
 
 
-class _Endpoint(asyncio.BufferedProtocol):
-    """One side's connection; relays into the link's session once both sides are open."""
+class _PyEndpointBase:
+    """Read buffer of one side: the pure-Python twin of ``fastws._relay.Endpoint``.
 
-    side: Side
+    Used when the extensions are not built.  Every read goes through the Python
+    session (``_Link.relay``); the compiled twin has a fast path for plain
+    passthrough reads and otherwise does the same.
+    """
 
     def __init__(self, link: "_Link") -> None:
         self.link = link
@@ -104,9 +108,11 @@ class _Endpoint(asyncio.BufferedProtocol):
         self.closed = False
         self.paused_by_peer = False
         self.peer: _Endpoint | None = None
+        # The compiled twin's fast-path fields; set by the link, unused here.
+        self.fast = False
+        self.parser = self.session = self.peer_write = self.peer_buffered = self.clock = None
 
-    # -- buffer management (principle 5: grow above use, memmove the tail) ----------------
-
+    # principle 5: grow the buffer when it runs short, memmove the tail
     def get_buffer(self, sizehint: int) -> memoryview:
         if len(self.buf) - self.len < MIN_READ_SPACE:
             self._replace_buffer(max(2 * len(self.buf), self.len + MIN_READ_SPACE), self.len)
@@ -120,6 +126,7 @@ class _Endpoint(asyncio.BufferedProtocol):
         self.buf, self.view, self.len = new, memoryview(new), rest
 
     def _consumed(self, consumed: int, lent: bool) -> None:
+        """Drop ``buf[:consumed]``; ``lent``: the peer transport still holds views of it."""
         if consumed == 0:
             return
         if lent:
@@ -140,6 +147,21 @@ class _Endpoint(asyncio.BufferedProtocol):
             self.link.relay(self)
         else:
             self.before_relay(nbytes)
+
+
+if codec.IMPLEMENTATION == "cython":
+    try:
+        from ._relay import Endpoint as _EndpointBase
+    except ImportError:  # pragma: no cover - a build with the codec but not the relay
+        _EndpointBase = _PyEndpointBase
+else:
+    _EndpointBase = _PyEndpointBase
+
+
+class _Endpoint(_EndpointBase, asyncio.BufferedProtocol):
+    """One side's connection; relays into the link's session once both sides are open."""
+
+    side: Side
 
     def before_relay(self, nbytes: int) -> None:
         """Bytes before the session exists (handshake); subclasses decide."""
@@ -405,6 +427,14 @@ class _Link:
         server.handshake_done(101)
         self.client.transport.write(hs.build_switching_protocols(request, response))
         self.client.peer, self.upstream.peer = self.upstream, self.client
+        clock = self.loop.time if cfg.idle_timeout > 0 else None
+        for endpoint in (self.client, self.upstream):
+            endpoint.session = self.session
+            endpoint.parser = self.session.halves[endpoint.side].parser
+            endpoint.peer_write = endpoint.peer.transport.write
+            endpoint.peer_buffered = endpoint.peer.transport.get_write_buffer_size
+            endpoint.clock = clock
+        self._update_fast_path()
         self.client.relaying = True
         self.upstream.relaying = True
         # Frames that arrived with the handshakes.
@@ -443,9 +473,23 @@ class _Link:
                         endpoint.write(out)
         self._finish()
 
+    def relay_scanned(self, src: _Endpoint, event: int, exc) -> None:
+        """The compiled fast path scanned a read and met something for the session."""
+        try:
+            consumed = self.session.resume_passthrough(src.side, src.view, src.len, event, exc,
+                                                       self.loop.time())
+            self._deliver(src, consumed)
+        except Exception:
+            log.exception("internal error relaying a connection; closing it with 1011")
+            self._internal_error()
+
     def _relay(self, src: _Endpoint) -> None:
+        consumed = self.session.receive(src.side, src.view, src.len, self.loop.time())
+        self._deliver(src, consumed)
+
+    def _deliver(self, src: _Endpoint, consumed: int) -> None:
+        """Write what the session forwarded from ``src``, free the buffer, act on the rest."""
         session = self.session
-        consumed = session.receive(src.side, src.view, src.len, self.loop.time())
         dst = src.peer
         out = session.out(dst.side)
         lent = False
@@ -467,8 +511,17 @@ class _Link:
                 endpoint.close(abort=session.aborted(endpoint.side))
         if session.finished:
             self._finish()
-        elif session.timers_dirty:
+            return
+        self._update_fast_path()
+        if session.timers_dirty:
             self._schedule()
+
+    def _update_fast_path(self) -> None:
+        """Let each side's next read take the compiled fast path while it is plain passthrough."""
+        session = self.session
+        for endpoint in (self.client, self.upstream):
+            endpoint.fast = (session.passthrough_ready(endpoint.side)
+                             and not endpoint.peer.closed and endpoint.peer.transport is not None)
 
     def _schedule(self) -> None:
         session = self.session

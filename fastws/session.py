@@ -221,13 +221,41 @@ class Session:
             return self._receive_inspect(src, dst, buffer, end, now)
         return self._receive_passthrough(src, dst, buffer, 0, end, now)
 
+    def passthrough_ready(self, side: Side) -> bool:
+        """Whether a read from ``side`` is plain passthrough: scan, forward, nothing else.
+
+        The compiled relay (``fastws/_relay.pyx``) takes its fast path only then,
+        and hands anything else back through ``resume_passthrough``.
+        """
+        src = self.halves[side]
+        dst = src.peer
+        return not (src.inspect or src.close_received or src.parser.failed or src.eof
+                    or dst.pending_close is not None or dst.close_sent or dst.eof)
+
+    def resume_passthrough(self, side: Side, buffer, end: int, event: int,
+                           exc: ProtocolError | None, now: float) -> int:
+        """Continue a read whose first ``scan()`` over ``buffer[0:end]`` the caller ran.
+
+        ``event`` is what that scan returned, or ``exc`` what it raised.
+        """
+        src = self.halves[side]
+        self.last_activity = now
+        return self._passthrough_loop(src, src.peer, buffer, 0, end, now, event, exc)
+
     def _receive_passthrough(self, src: _Half, dst: _Half, buffer, start: int, end: int, now: float) -> int:
         parser = src.parser
         parser.feed(buffer, start, end)
+        try:
+            event, exc = parser.scan(), None
+        except ProtocolError as error:
+            event, exc = EV_NONE, error
+        return self._passthrough_loop(src, dst, buffer, start, end, now, event, exc)
+
+    def _passthrough_loop(self, src: _Half, dst: _Half, buffer, start: int, end: int, now: float,
+                          event: int, exc: ProtocolError | None) -> int:
+        parser = src.parser
         while True:
-            try:
-                event = parser.scan()
-            except ProtocolError as exc:
+            if exc is not None:
                 self._forward(dst, buffer, start, parser.offset)
                 self._protocol_error(src, exc, now)
                 return end
@@ -239,14 +267,17 @@ class Session:
                 self._forward(dst, buffer, start, parser.frame_start)
                 src.ping_sent_at = None
                 start = parser.offset
-                continue
-            if event == EV_CLOSE:
+            elif event == EV_CLOSE:
                 self._forward(dst, buffer, start, parser.frame_start)
                 raw = buffer[parser.frame_start:parser.offset]
                 self._close_received(src, dst, parser.close_code, parser.close_reason, raw, now)
                 parser.release()
                 return end
             # Pings and the peer's pongs stay in the stream and are forwarded as they are.
+            try:
+                event = parser.scan()
+            except ProtocolError as error:
+                exc = error
 
     def _receive_to_boundary(self, src: _Half, dst: _Half, buffer, end: int, now: float) -> int:
         """A close waits for ``dst``: relay only the rest of the frame in flight, then send it."""
