@@ -53,6 +53,8 @@ cdef class Endpoint:
         self.fast = False
 
     def get_buffer(self, Py_ssize_t sizehint):
+        if self.len == 0:
+            return self.buf                 # the usual case in passthrough: no slice to make
         if len(self.buf) - self.len < MIN_READ_SPACE:
             self._replace_buffer(max(2 * len(self.buf), self.len + MIN_READ_SPACE), self.len)
         return self.view[self.len:]

@@ -114,6 +114,8 @@ class _PyEndpointBase:
 
     # principle 5: grow the buffer when it runs short, memmove the tail
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.len == 0:
+            return self.buf                 # the usual case in passthrough: no slice to make
         if len(self.buf) - self.len < MIN_READ_SPACE:
             self._replace_buffer(max(2 * len(self.buf), self.len + MIN_READ_SPACE), self.len)
         return self.view[self.len:]
