@@ -7,6 +7,7 @@ two disagree, read this one first, then the RFC.
 
 from __future__ import annotations
 
+import operator
 import os
 
 from .errors import InvalidPayloadData, PayloadTooBig, ProtocolError
@@ -173,40 +174,44 @@ def parse_close_payload(payload) -> tuple[int, str]:
 # -- Parser ----------------------------------------------------------------------
 
 class FrameParser:
-    """Incremental RFC 6455 frame parser for one direction (see ``_codec.pyi``)."""
+    """Incremental RFC 6455 frame parser for one direction (see ``_codec.pyi``).
+
+    The attributes that ``_codec.pyi`` marks readonly are properties over ``_name``
+    fields (added below the class), as the Cython class's ``cdef readonly`` ones are.
+    """
 
     def __init__(self, *, mask_required, max_message_size=0, validate_utf8=True, allow_rsv1=False):
-        self.mask_required = bool(mask_required)
+        self._mask_required = bool(mask_required)
         self.max_message_size = max_message_size
         self.validate_utf8 = bool(validate_utf8)
         self.allow_rsv1 = bool(allow_rsv1)
         self._view = None
-        self.offset = 0
-        self.end = 0
-        self.closed = False
-        self.failed = False
+        self._offset = 0
+        self._end = 0
+        self._closed = False
+        self._failed = False
         self._state = READ_HEADER
         self._in_message = False
         self._utf8 = UTF8_ACCEPT
         self._mask_key = b""
         self._frame_done = 0            # payload bytes of the current frame consumed
         self._control_payload = b""     # unmasked control payload (scan mode)
-        self.frame_start = 0
-        self.opcode = 0
-        self.message_opcode = 0
-        self.fin = False
-        self.rsv1 = False
-        self.frame_length = 0
-        self.payload_start = 0
-        self.payload_end = 0
-        self.frame_finished = False
-        self.message_finished = False
-        self.close_code = 0
-        self.close_reason = ""
-        self.frames = 0
-        self.messages = 0
-        self.payload_bytes = 0
-        self.message_size = 0
+        self._frame_start = 0
+        self._opcode = 0
+        self._message_opcode = 0
+        self._fin = False
+        self._rsv1 = False
+        self._frame_length = 0
+        self._payload_start = 0
+        self._payload_end = 0
+        self._frame_finished = False
+        self._message_finished = False
+        self._close_code = 0
+        self._close_reason = ""
+        self._frames = 0
+        self._messages = 0
+        self._payload_bytes = 0
+        self._message_size = 0
 
     # attributes that are readonly in the Cython class
     @property
@@ -227,14 +232,14 @@ class FrameParser:
             raise ValueError("start/end out of range")
         self.release()
         self._view = view
-        self.offset = start
-        self.end = end
+        self._offset = start
+        self._end = end
 
     @property
     def frame_remaining(self):
         """Payload bytes still to come of the data frame in progress (0 at a frame boundary)."""
         if self._state == READ_PAYLOAD:
-            return self.frame_length - self._frame_done
+            return self._frame_length - self._frame_done
         return 0
 
     def release(self):
@@ -243,11 +248,11 @@ class FrameParser:
             self._view = None
 
     def payload(self) -> bytes:
-        if self.opcode >= OP_CLOSE:
+        if self._opcode >= OP_CLOSE:
             return self._control_payload    # already unmasked, also after scan()
         if self._view is None:
             raise BufferError("the fed buffer was released; copy the chunk before EV_NONE")
-        return bytes(self._view[self.payload_start:self.payload_end])
+        return bytes(self._view[self._payload_start:self._payload_end])
 
     def scan(self) -> int:
         while True:
@@ -261,15 +266,15 @@ class FrameParser:
     # -- the state machine -------------------------------------------------------
 
     def _fail(self, exc):
-        self.failed = True
+        self._failed = True
         self.release()
         raise exc
 
     def _step(self, inspect: bool) -> int:
         if self._view is None:
             return EV_NONE
-        if self.failed or self.closed:
-            self.offset = self.end        # RFC 6455 section 7.1.7 / 5.5.1: discard
+        if self._failed or self._closed:
+            self._offset = self._end        # RFC 6455 section 7.1.7 / 5.5.1: discard
             self.release()
             return EV_NONE
         try:
@@ -284,7 +289,7 @@ class FrameParser:
         return event
 
     def _read_header(self, inspect: bool) -> int:
-        buf, pos, avail = self._view, self.offset, self.end - self.offset
+        buf, pos, avail = self._view, self._offset, self._end - self._offset
         if avail < 2:
             return EV_NONE
         b0, b1 = buf[pos], buf[pos + 1]
@@ -303,8 +308,8 @@ class FrameParser:
             raise ProtocolError(MSG_CONTROL_FRAGMENTED)
         if control and length > MAX_CONTROL_PAYLOAD:
             raise ProtocolError(MSG_CONTROL_TOO_LONG)
-        if masked != self.mask_required:
-            raise ProtocolError(MSG_UNMASKED if self.mask_required else MSG_MASKED)
+        if masked != self._mask_required:
+            raise ProtocolError(MSG_UNMASKED if self._mask_required else MSG_MASKED)
         if opcode == OP_CONT and not self._in_message:
             raise ProtocolError(MSG_CONT_NO_MESSAGE)
         if opcode in (OP_TEXT, OP_BINARY) and self._in_message:
@@ -327,8 +332,11 @@ class FrameParser:
             if length < 0x10000:
                 raise ProtocolError(MSG_NON_MINIMAL)
             header = 10
-        if not control and self._max_message_size and length > self._max_message_size - self.message_size:
-            raise PayloadTooBig(MSG_TOO_BIG.format(self.message_size + length, self._max_message_size))
+        if not control and self._max_message_size:
+            # A continuation adds to the message so far; a new message starts at 0.
+            so_far = self._message_size if opcode == OP_CONT else 0
+            if length > self._max_message_size - so_far:
+                raise PayloadTooBig(MSG_TOO_BIG.format(so_far + length, self._max_message_size))
         if masked:
             header += 4
         if avail < header:
@@ -336,8 +344,8 @@ class FrameParser:
         if control and avail < header + length:
             return EV_NONE          # control frames are consumed whole
 
-        self.frame_start = pos
-        self.opcode, self.fin, self.rsv1, self.frame_length = opcode, fin, bool(rsv), length
+        self._frame_start = pos
+        self._opcode, self._fin, self._rsv1, self._frame_length = opcode, fin, bool(rsv), length
         self._mask_key = bytes(buf[pos + header - 4:pos + header]) if masked else b""
         if control:
             return self._read_control(pos + header, inspect)
@@ -345,18 +353,18 @@ class FrameParser:
         # A data frame: consume the header, then its payload as it arrives.
         if opcode != OP_CONT:
             self._in_message = True
-            self.message_opcode = opcode
-            self.message_size = 0
+            self._message_opcode = opcode
+            self._message_size = 0
             self._utf8 = UTF8_ACCEPT
-        self.offset = pos + header
+        self._offset = pos + header
         self._frame_done = 0
         self._state = READ_PAYLOAD
         if length == 0:
             return self._read_payload(inspect)
-        return self._read_payload(inspect) if self.offset < self.end else EV_NONE
+        return self._read_payload(inspect) if self._offset < self._end else EV_NONE
 
     def _read_control(self, start: int, inspect: bool) -> int:
-        end = start + self.frame_length
+        end = start + self._frame_length
         data = bytes(self._view[start:end])
         if self._mask_key:
             data = apply_mask(data, self._mask_key)
@@ -365,26 +373,26 @@ class FrameParser:
                     raise BufferError("next_event unmasks in place: feed a writable buffer")
                 self._view[start:end] = data
         self._control_payload = data
-        if self.opcode == OP_CLOSE:
+        if self._opcode == OP_CLOSE:
             if self.validate_utf8:
-                self.close_code, self.close_reason = parse_close_payload(data)
+                self._close_code, self._close_reason = parse_close_payload(data)
             else:
                 code, reason = parse_close_payload(data[:2])
-                self.close_code = code
-                self.close_reason = data[2:].decode("utf-8", "replace")
-        self.payload_start, self.payload_end = start, end
-        self.frame_finished = True
-        self.message_finished = False
-        self.offset = end
-        self.frames += 1
-        if self.opcode == OP_CLOSE:
-            self.closed = True
-        return _CONTROL_EVENT[self.opcode]
+                self._close_code = code
+                self._close_reason = data[2:].decode("utf-8", "replace")
+        self._payload_start, self._payload_end = start, end
+        self._frame_finished = True
+        self._message_finished = False
+        self._offset = end
+        self._frames += 1
+        if self._opcode == OP_CLOSE:
+            self._closed = True
+        return _CONTROL_EVENT[self._opcode]
 
     def _read_payload(self, inspect: bool) -> int:
-        start = self.offset
-        take = min(self.frame_length - self._frame_done, self.end - start)
-        if take == 0 and self.frame_length:
+        start = self._offset
+        take = min(self._frame_length - self._frame_done, self._end - start)
+        if take == 0 and self._frame_length:
             return EV_NONE
         end = start + take
         chunk = bytes(self._view[start:end])
@@ -395,26 +403,37 @@ class FrameParser:
                 if self._view.readonly:
                     raise BufferError("next_event unmasks in place: feed a writable buffer")
                 self._view[start:end] = chunk
-        if self.message_opcode == OP_TEXT and self.validate_utf8:
+        if self._message_opcode == OP_TEXT and self.validate_utf8:
             self._utf8 = _utf8_feed(self._utf8, chunk)
             if self._utf8 is None:
                 raise InvalidPayloadData(MSG_TEXT_UTF8)
         self._frame_done += take
-        self.payload_bytes += take
-        self.message_size += take
-        self.offset = end
-        self.payload_start, self.payload_end = start, end
-        self.frame_finished = self._frame_done == self.frame_length
-        self.message_finished = self.frame_finished and self.fin
-        if self.frame_finished:
+        self._payload_bytes += take
+        self._message_size += take
+        self._offset = end
+        self._payload_start, self._payload_end = start, end
+        self._frame_finished = self._frame_done == self._frame_length
+        self._message_finished = self._frame_finished and self._fin
+        if self._frame_finished:
             self._state = READ_HEADER
-            self.frames += 1
-            if self.fin:
-                if self.message_opcode == OP_TEXT and self.validate_utf8 and self._utf8 != UTF8_ACCEPT:
+            self._frames += 1
+            if self._fin:
+                if self._message_opcode == OP_TEXT and self.validate_utf8 and self._utf8 != UTF8_ACCEPT:
                     raise InvalidPayloadData(MSG_TEXT_UTF8)
                 self._in_message = False
-                self.messages += 1
+                self._messages += 1
         return EV_DATA
+
+
+_READONLY = (
+    "mask_required", "offset", "end", "closed", "failed", "frame_start", "opcode",
+    "message_opcode", "fin", "rsv1", "frame_length", "payload_start", "payload_end",
+    "frame_finished", "message_finished", "close_code", "close_reason",
+    "frames", "messages", "payload_bytes", "message_size",
+)
+for _name in _READONLY:
+    setattr(FrameParser, _name, property(operator.attrgetter("_" + _name)))
+del _name
 
 
 # -- Writer ----------------------------------------------------------------------
@@ -423,8 +442,12 @@ class FrameWriter:
     """Builds frames: masked towards a server (``mask=True``), plain towards a client."""
 
     def __init__(self, *, mask):
-        self.mask = bool(mask)
+        self._mask = bool(mask)
         self._keys = b""
+
+    @property
+    def mask(self) -> bool:
+        return self._mask
 
     def new_mask_key(self) -> bytes:
         # os.urandom per frame is a system call; draw 4 KiB at a time instead.
