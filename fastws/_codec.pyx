@@ -286,6 +286,8 @@ def build_close_payload(code=1000, reason=b""):
         if reason:
             raise ValueError("a close reason needs a close code")
         return b""
+    if not validate_utf8(reason):
+        raise ValueError("close reason is not valid UTF-8 (RFC 6455 section 5.5.1)")
     if not _close_code_ok(code):
         raise ValueError(f"close code {code} may not be sent (RFC 6455 section 7.4)")
     payload = int(code).to_bytes(2, "big") + bytes(reason)
@@ -409,8 +411,8 @@ cdef class FrameParser:
 
     @max_message_size.setter
     def max_message_size(self, value):
-        if value < 0:
-            raise ValueError("max_message_size must be >= 0 (0: no limit)")
+        if not 0 <= value < 1 << 63:
+            raise ValueError("max_message_size must be >= 0 and < 2**63 (0: no limit)")
         self._max_message_size = value
 
     cdef void _release(self) noexcept:

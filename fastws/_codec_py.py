@@ -149,6 +149,8 @@ def build_close_payload(code=1000, reason=b"") -> bytes:
         if reason:
             raise ValueError("a close reason needs a close code")
         return b""
+    if not validate_utf8(reason):
+        raise ValueError("close reason is not valid UTF-8 (RFC 6455 section 5.5.1)")
     if not close_code_is_valid(code):
         raise ValueError(f"close code {code} may not be sent (RFC 6455 section 7.4)")
     payload = int(code).to_bytes(2, "big") + bytes(reason)
@@ -220,8 +222,8 @@ class FrameParser:
 
     @max_message_size.setter
     def max_message_size(self, value):
-        if value < 0:
-            raise ValueError("max_message_size must be >= 0 (0: no limit)")
+        if not 0 <= value < 1 << 63:
+            raise ValueError("max_message_size must be >= 0 and < 2**63 (0: no limit)")
         self._max_message_size = int(value)
 
     def feed(self, buffer, start=0, end=-1):

@@ -400,3 +400,23 @@ class TestValidateUTF8:
                 assert not codec.validate_utf8(data), (bad, n)
                 good = b"a" * n + "é".encode() + b"b" * (40 - n)
                 assert codec.validate_utf8(good), n
+
+
+class TestCloseReasonAndLimitRange:
+    """RFC 6455 section 5.5.1: a close reason is UTF-8; limits fit the parser's 63 bits."""
+
+    def test_close_reason_must_be_utf8(self, codec):
+        with pytest.raises(ValueError, match="not valid UTF-8"):
+            codec.build_close_payload(1000, b"\xff\xfe")
+        assert codec.build_close_payload(1000, "caf\u00e9") == b"\x03\xe8caf\xc3\xa9"
+
+    @pytest.mark.parametrize("value", [-1, 1 << 63, 1 << 64])
+    def test_max_message_size_out_of_range(self, codec, value):
+        parser = codec.FrameParser(mask_required=False)
+        with pytest.raises(ValueError, match="max_message_size"):
+            parser.max_message_size = value
+
+    def test_max_message_size_largest(self, codec):
+        parser = codec.FrameParser(mask_required=False)
+        parser.max_message_size = (1 << 63) - 1
+        assert parser.max_message_size == (1 << 63) - 1
