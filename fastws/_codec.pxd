@@ -53,6 +53,7 @@ cdef class FrameParser:
     cdef uint64_t _f_done               # payload bytes of this frame consumed so far
 
     cdef readonly Py_ssize_t frame_start  # where the current frame's header began in the fed buffer
+    cdef readonly bint frame_start_valid  # that header was parsed from the current feed's buffer
     cdef readonly int opcode
     cdef readonly int message_opcode
     cdef readonly bint fin

@@ -77,6 +77,8 @@ class FrameParser:
     frame_start: int           # readonly, offset in the fed buffer where the current frame's
                                # header began (for a control event: its whole frame is
                                # buffer[frame_start:offset])
+    frame_start_valid: bool    # readonly, the current frame's header was parsed from the buffer
+                               # of the latest feed(), so frame_start points into it
     frame_remaining: int       # readonly, payload bytes still to come of the data frame in
                                # progress; 0 at a frame boundary
     opcode: int                # the frame's own opcode (0 for a continuation)

@@ -385,6 +385,7 @@ cdef class FrameParser:
         self._f_masked = False
         self._f_done = 0
         self.frame_start = 0
+        self.frame_start_valid = False
         self.opcode = 0
         self.message_opcode = 0
         self.fin = False
@@ -462,6 +463,7 @@ cdef class FrameParser:
         self._data = <unsigned char*>view.buf
         self.offset = start
         self.end = end
+        self.frame_start_valid = False      # frame_start points into the previous buffer
         return 0
 
     def payload(self):
@@ -578,6 +580,7 @@ cdef class FrameParser:
                     break           # control frames are consumed whole
 
                 self.frame_start = pos
+                self.frame_start_valid = True
                 self.opcode = opcode
                 self.fin = fin
                 self.rsv1 = rsv != 0

@@ -199,6 +199,7 @@ class FrameParser:
         self._frame_done = 0            # payload bytes of the current frame consumed
         self._control_payload = b""     # unmasked control payload (scan mode)
         self._frame_start = 0
+        self._frame_start_valid = False
         self._opcode = 0
         self._message_opcode = 0
         self._fin = False
@@ -236,6 +237,7 @@ class FrameParser:
         self._view = view
         self._offset = start
         self._end = end
+        self._frame_start_valid = False     # frame_start points into the previous buffer
 
     @property
     def frame_remaining(self):
@@ -347,6 +349,7 @@ class FrameParser:
             return EV_NONE          # control frames are consumed whole
 
         self._frame_start = pos
+        self._frame_start_valid = True
         self._opcode, self._fin, self._rsv1, self._frame_length = opcode, fin, bool(rsv), length
         self._mask_key = bytes(buf[pos + header - 4:pos + header]) if masked else b""
         if control:
@@ -428,7 +431,7 @@ class FrameParser:
 
 
 _READONLY = (
-    "mask_required", "offset", "end", "closed", "failed", "frame_start", "opcode",
+    "mask_required", "offset", "end", "closed", "failed", "frame_start", "frame_start_valid", "opcode",
     "message_opcode", "fin", "rsv1", "frame_length", "payload_start", "payload_end",
     "frame_finished", "message_finished", "close_code", "close_reason",
     "frames", "messages", "payload_bytes", "message_size",

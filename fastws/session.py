@@ -77,7 +77,7 @@ class _Half:
         "side", "parser", "writer", "inspect", "out", "close_sent", "close_received",
         "close_sent_code", "close_received_code", "close_received_reason", "eof", "done",
         "abort", "deadline", "pending_close", "fail_after_send", "agg", "agg_opcode",
-        "ping_sent_at", "ping_payload", "peer",
+        "ping_sent_at", "ping_payload", "peer", "broken_frame",
     )
 
     def __init__(self, side: Side, parser: FrameParser, writer: FrameWriter, inspect: bool) -> None:
@@ -102,6 +102,10 @@ class _Half:
         self.ping_sent_at: float | None = None
         self.ping_payload = b""
         self.peer: _Half = self           # the other side, set by the Session
+        # Passthrough forwarded part of a frame from this side that will never be finished
+        # (the side dropped or failed mid-frame): the peer's stream is stuck inside a frame,
+        # where a close frame would be read as payload, so the peer can only be dropped.
+        self.broken_frame = False
 
 
 class Session:
@@ -256,7 +260,16 @@ class Session:
         parser = src.parser
         while True:
             if exc is not None:
-                self._forward(dst, buffer, start, parser.offset)
+                stop = parser.offset
+                if parser.frame_remaining:
+                    # The error is inside a frame (bad UTF-8). Hold that frame back whole if
+                    # its header came in this read; if the header went out earlier, the
+                    # peer's stream is stuck in the frame.
+                    if parser.frame_start_valid:
+                        stop = max(start, parser.frame_start)
+                    else:
+                        src.broken_frame = True
+                self._forward(dst, buffer, start, stop)
                 self._protocol_error(src, exc, now)
                 return end
             if event == EV_NONE:
@@ -353,6 +366,8 @@ class Session:
         half.eof = True
         half.done = True
         peer = half.peer
+        if not half.inspect and not half.parser.failed and half.parser.frame_remaining:
+            half.broken_frame = True        # it dropped in the middle of a forwarded frame
         if not half.close_received:
             # TCP drop without a close frame: SPEC section 6, 1001 to the other side.
             self.closed_by = self.closed_by or side.name.lower()
@@ -433,6 +448,13 @@ class Session:
         if dst.close_sent or dst.eof:
             if fail:
                 dst.done = True
+            return
+        if dst.peer.broken_frame:
+            # A close now would land inside an unfinished frame: drop the connection.
+            dst.close_sent = True
+            dst.pending_close = None
+            dst.done = True
+            dst.abort = True
             return
         if not self._at_boundary(dst):
             # Mid-frame in passthrough: the close goes out once the frame has been relayed.

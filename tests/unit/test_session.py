@@ -224,6 +224,38 @@ class TestFailures:
         assert s.done(C)
 
 
+class TestNoCloseInsideAFrame:
+    """A close frame cannot go inside a frame: when the stream to a side is stuck in a
+    frame that will never be finished, that side is dropped instead."""
+
+    def test_sender_drops_mid_frame(self):
+        s = Session()
+        big = client_frame(Opcode.BINARY, b"q" * 1000)
+        feed(s, C, big[:300])
+        assert b"".join(bytes(c) for c in s.out(U)) == big[:300]
+        s.eof(C, now=0.0)
+        assert s.out(U) == []                          # no close frame inside the frame
+        assert s.done(U) and s.aborted(U)
+
+    def test_bad_utf8_in_a_frame_whose_header_came_in_this_read(self):
+        s = Session(validate_utf8=True)
+        good = client_frame(Opcode.TEXT, b"fine")
+        feed(s, C, good + client_frame(Opcode.TEXT, b"ab\xff" + b"c" * 50))
+        # The good frame goes through, nothing of the bad one, then a clean 1001.
+        assert decode(s.out(U), U) == [(Opcode.TEXT, b"fine", True), (Opcode.CLOSE, close_payload(1001), True)]
+        assert decode(s.out(C), C) == [(Opcode.CLOSE, close_payload(1007, b"Invalid Frame Payload Data"), True)]
+
+    def test_bad_utf8_after_the_header_went_out(self):
+        s = Session(validate_utf8=True)
+        bad = client_frame(Opcode.TEXT, b"a" * 100 + b"\xff" + b"c" * 50)
+        feed(s, C, bad[:60])
+        assert b"".join(bytes(c) for c in s.out(U)) == bad[:60]
+        feed(s, C, bad[60:])
+        assert s.out(U) == []                          # stuck mid-frame: dropped, not closed
+        assert s.done(U) and s.aborted(U)
+        assert decode(s.out(C), C) == [(Opcode.CLOSE, close_payload(1007, b"Invalid Frame Payload Data"), True)]
+
+
 class TestProxyCloses:
     def test_shutdown_sends_1001_both_ways_and_swallows_answers(self):
         s = Session()
