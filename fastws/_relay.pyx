@@ -54,7 +54,10 @@ cdef class Endpoint:
 
     def get_buffer(self, Py_ssize_t sizehint):
         if self.len == 0:
-            return self.buf                 # the usual case in passthrough: no slice to make
+            # The usual case in passthrough: no slice to make.  A memoryview, not the
+            # bytearray: asyncio's SSL transport slices what it is given, and a slice of
+            # a bytearray is a copy.
+            return self.view
         if len(self.buf) - self.len < MIN_READ_SPACE:
             self._replace_buffer(max(2 * len(self.buf), self.len + MIN_READ_SPACE), self.len)
         return self.view[self.len:]

@@ -38,7 +38,6 @@ log = logging.getLogger("fastws.proxy")
 
 READ_BUFFER_SIZE = 64 * 1024        # initial read buffer per side
 MIN_READ_SPACE = 16 * 1024          # grow when less than this is free
-MAX_RESPONSE_WAIT = 30.0            # upstream's answer to the upgrade request, at most
 
 
 class ConnectionStats:
@@ -115,7 +114,10 @@ class _PyEndpointBase:
     # principle 5: grow the buffer when it runs short, memmove the tail
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.len == 0:
-            return self.buf                 # the usual case in passthrough: no slice to make
+            # The usual case in passthrough: no slice to make.  A memoryview, not the
+            # bytearray: asyncio's SSL transport slices what it is given, and a slice of
+            # a bytearray is a copy.
+            return self.view
         if len(self.buf) - self.len < MIN_READ_SPACE:
             self._replace_buffer(max(2 * len(self.buf), self.len + MIN_READ_SPACE), self.len)
         return self.view[self.len:]
@@ -232,7 +234,11 @@ class ClientEndpoint(_Endpoint):
 
     def before_relay(self, nbytes: int) -> None:
         if self.task is not None:
-            return                        # request complete, waiting for the upstream: keep bytes
+            # Request complete, waiting for the upstream: keep the bytes (early frames) and
+            # keep reading, so that a client that leaves is noticed; stop only if it floods.
+            if self.len >= READ_BUFFER_SIZE:
+                self.transport.pause_reading()
+            return
         # The reader keeps what it needs of the head; the buffer need not.
         self.len -= nbytes
         try:
@@ -246,7 +252,6 @@ class ClientEndpoint(_Endpoint):
         leftover = self.reader.leftover
         self.buf[:len(leftover)] = leftover
         self.len = len(leftover)
-        self.transport.pause_reading()
         self.task = self.link.server.loop.create_task(self.link.open(request))
 
     def _handshake_timeout(self) -> None:
@@ -360,6 +365,9 @@ class _Link:
         upstream = UpstreamEndpoint(self)
         self.upstream = upstream
         ssl_ctx = server.upstream_ssl(service)
+        # connect_timeout bounds the whole upstream handshake: TCP and TLS connect, then
+        # the upstream's answer to the upgrade request.
+        deadline = self.loop.time() + service.connect_timeout
         try:
             await asyncio.wait_for(
                 self.loop.create_connection(
@@ -384,8 +392,10 @@ class _Link:
             tls=self.tls, key=key, server_port=self.server_port,
         ))
         try:
-            response = await asyncio.wait_for(asyncio.shield(upstream.response),
-                                              timeout=max(service.connect_timeout, MAX_RESPONSE_WAIT))
+            # On timeout wait_for cancels the future, so a later connection_lost finds it
+            # done and leaves no "exception never retrieved" behind.
+            response = await asyncio.wait_for(upstream.response,
+                                              timeout=max(deadline - self.loop.time(), 0.0))
         except asyncio.TimeoutError:
             raise hs.HandshakeError(504, "Gateway Timeout: upstream did not answer the upgrade") from None
         if response.status != 101:

@@ -73,6 +73,8 @@ class Worker:
                 self.proxy.protocol_factory(listen), listen.host, listen.port,
                 reuse_port=True, backlog=1024,
                 ssl=_server_ssl(listen.tls) if listen.tls else None,
+                # The TLS handshake counts against handshake_timeout (not the loop's 60 s).
+                ssl_handshake_timeout=config.handshake_timeout if listen.tls else None,
             )
             self.listeners.append(server)
             for sock in server.sockets:
