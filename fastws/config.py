@@ -807,11 +807,11 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "idle_timeout", float, 0,
-        "Close a connection (1001) when no frame has passed either way for this many seconds; 0: off.",
+        "Close a connection (1001) when no frame has been relayed either way for this many seconds (fastws's own keepalive pings do not count); 0: off.",
         validator=_seconds, schema=_SECONDS,
     ),
     Setting(
-        "ping_interval", float, 0, "Seconds between keepalive pings fastws sends to the client; 0: off.",
+        "ping_interval", float, 0, "Seconds between keepalive pings fastws sends to both sides (their pongs are not relayed); 0: off.",
         validator=_seconds, schema=_SECONDS,
     ),
     Setting(

@@ -6,11 +6,14 @@ reading into a per-connection ``bytearray`` (uvloop reads straight into it), so
 in passthrough a read costs one ``Session.receive`` call, one codec ``scan()``
 and one ``transport.write`` of a view of that same buffer.
 
-Buffer ownership: uvloop and asyncio keep a reference to a buffer they could
-not write at once.  After writing views of the read buffer, an endpoint whose
-peer transport still holds data (``get_write_buffer_size() > 0``) gives the
-buffer away and continues in a fresh one, so bytes still queued are never
-overwritten.
+Read buffers: a connection that holds no bytes between reads (the usual case in
+passthrough) reads into one buffer shared by all connections of the loop, so an
+idle connection holds no buffer; bytes that must wait for more (a partial
+header) move to a small private buffer.  uvloop and asyncio keep a reference to
+a buffer they could not write at once: after writing views of a read buffer,
+an endpoint whose peer transport still holds data (``get_write_buffer_size() >
+0``) gives that buffer away and continues in a fresh one, so bytes still queued
+are never overwritten.
 
 Backpressure: when a side's write buffer passes its high-water mark, its
 transport calls ``pause_writing`` and the proxy stops reading the other side;
@@ -36,8 +39,9 @@ __all__ = ["ProxyServer", "ConnectionStats"]
 
 log = logging.getLogger("fastws.proxy")
 
-READ_BUFFER_SIZE = 64 * 1024        # initial read buffer per side
-MIN_READ_SPACE = 16 * 1024          # grow when less than this is free
+READ_BUFFER_SIZE = 64 * 1024        # the shared read buffer, and a private one's floor
+MIN_READ_SPACE = 16 * 1024          # grow a private buffer when less than this is free
+SMALL_BUFFER_SIZE = 4 * 1024
 
 
 class ConnectionStats:
@@ -79,7 +83,7 @@ class ConnectionStats:
         }
 
     def as_text(self) -> str:
-        d = self.as_dict()
+        d = {key: "-" if value is None else value for key, value in self.as_dict().items()}
         return (
             f'{d["client"]} "{d["path"]}" {d["status"]} route={d["route"]} upstream={d["upstream"]} '
             f'duration={d["duration"]:.3f}s in={d["client_messages"]}/{d["client_bytes"]}B '
@@ -89,20 +93,36 @@ class ConnectionStats:
         )
 
 
-class _PyEndpointBase:
-    """Read buffer of one side: the pure-Python twin of ``fastws._relay.Endpoint``.
+class _PyReadBuffer:
+    """The read buffer shared by the connections of one loop: twin of ``fastws._relay.ReadBuffer``."""
 
-    Used when the extensions are not built.  Every read goes through the Python
-    session (``_Link.relay``); the compiled twin has a fast path for plain
-    passthrough reads and otherwise does the same.
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        """Start a fresh buffer: a transport kept views of the current one."""
+        self.buf = bytearray(READ_BUFFER_SIZE)
+        self.view = memoryview(self.buf)
+
+
+class _PyEndpointBase:
+    """Read buffers of one side: the pure-Python twin of ``fastws._relay.Endpoint``.
+
+    Used when the extensions are not built.  A connection reads into its loop's shared
+    buffer whenever it holds no bytes of its own, and keeps a private buffer only for
+    bytes it must hold between reads (a partial header, early frames during the
+    handshake).  Every read goes through the Python session (``_Link.relay``); the
+    compiled twin has a fast path for plain passthrough reads and otherwise does the same.
     """
 
     def __init__(self, link: "_Link") -> None:
         self.link = link
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray(READ_BUFFER_SIZE)
-        self.view = memoryview(self.buf)
+        self.buf: bytearray | None = None
+        self.view: memoryview | None = None
         self.len = 0
+        self.shared = False
+        self.read_buffer = link.server.read_buffer
         self.relaying = False
         self.closed = False
         self.paused_by_peer = False
@@ -111,21 +131,21 @@ class _PyEndpointBase:
         self.fast = False
         self.parser = self.session = self.peer_write = self.peer_buffered = self.clock = None
 
-    # principle 5: grow the buffer when it runs short, memmove the tail
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.len == 0:
-            # The usual case in passthrough: no slice to make.  A memoryview, not the
+            # Nothing held: read into the loop's shared buffer.  A memoryview, not the
             # bytearray: asyncio's SSL transport slices what it is given, and a slice of
             # a bytearray is a copy.
-            return self.view
+            self.shared = True
+            return self.read_buffer.view
         if len(self.buf) - self.len < MIN_READ_SPACE:
             self._replace_buffer(max(2 * len(self.buf), self.len + MIN_READ_SPACE), self.len)
         return self.view[self.len:]
 
     def _replace_buffer(self, size: int, keep_from: int) -> None:
-        """Move ``buf[keep_from:len]`` to the start of a new buffer of ``size`` bytes."""
+        """Move ``buf[keep_from:len]`` to the start of a new private buffer of ``size`` bytes."""
         rest = self.len - keep_from
-        new = bytearray(max(size, READ_BUFFER_SIZE))
+        new = bytearray(max(size, SMALL_BUFFER_SIZE))
         new[:rest] = self.view[keep_from:self.len]
         self.buf, self.view, self.len = new, memoryview(new), rest
 
@@ -134,32 +154,47 @@ class _PyEndpointBase:
         if consumed == 0:
             return
         if lent:
-            # The peer transport still holds views of this buffer: leave it to them.
-            self._replace_buffer(len(self.buf) if len(self.buf) <= 4 * READ_BUFFER_SIZE
-                                 else READ_BUFFER_SIZE, consumed)
+            # uvloop and asyncio keep a view they could not write at once: leave them
+            # this buffer and go on in a fresh one.
+            if self.shared:
+                self.read_buffer.renew()
+                self.shared = False
+            self._replace_buffer(max(self.len - consumed, SMALL_BUFFER_SIZE), consumed)
             return
         rest = self.len - consumed
         if rest:
             self.buf[:rest] = self.view[consumed:self.len]
         self.len = rest
-        if len(self.buf) > 4 * READ_BUFFER_SIZE and rest < READ_BUFFER_SIZE:
-            self._replace_buffer(READ_BUFFER_SIZE, 0)    # shrink back after a large frame
+
+    def _settle(self) -> None:
+        """After a read: keep held bytes in a private buffer, or hold no buffer at all."""
+        if self.shared:
+            self.shared = False
+            if self.len:
+                self._replace_buffer(max(2 * self.len, READ_BUFFER_SIZE), 0)
+            else:
+                self.buf = self.view = None
+        elif self.len == 0 and self.buf is not None:
+            self.buf = self.view = None     # drained: an idle connection holds nothing
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.len += nbytes
+        if self.shared:
+            self.buf, self.view, self.len = self.read_buffer.buf, self.read_buffer.view, nbytes
+        else:
+            self.len += nbytes
         if self.relaying:
             self.link.relay(self)
         else:
             self.before_relay(nbytes)
-
+        self._settle()
 
 if codec.IMPLEMENTATION == "cython":
     try:
-        from ._relay import Endpoint as _EndpointBase
+        from ._relay import Endpoint as _EndpointBase, ReadBuffer
     except ImportError:  # pragma: no cover - a build with the codec but not the relay
-        _EndpointBase = _PyEndpointBase
+        _EndpointBase, ReadBuffer = _PyEndpointBase, _PyReadBuffer
 else:
-    _EndpointBase = _PyEndpointBase
+    _EndpointBase, ReadBuffer = _PyEndpointBase, _PyReadBuffer
 
 
 class _Endpoint(_EndpointBase, asyncio.BufferedProtocol):
@@ -651,6 +686,7 @@ class ProxyServer:
         self.client_max_payload = config.client_max_payload
         self.upstream_max_payload = config.upstream_max_payload
         self.links: set[_Link] = set()
+        self.read_buffer = ReadBuffer()     # shared by this loop's connections
         self._ssl_cache: dict[str, ssl.SSLContext | None] = {}
         self.connections_total = 0
         self.handshakes: dict[int, int] = {}
@@ -686,7 +722,10 @@ class ProxyServer:
 
     def connection_closed(self, link: _Link) -> None:
         self.links.discard(link)
-        if link.stats is not None and self.access_log is not None:
+        stats = link.stats
+        # A bare TCP connection (a port check that sent no request) is not logged, as
+        # nginx and Kong do not log one either.
+        if stats is not None and self.access_log is not None and (stats.path is not None or stats.status):
             try:
                 self.access_log(link.stats)
             except Exception:

@@ -158,7 +158,10 @@ class Session:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.started = now
+        # The last time anything was relayed between the sides (idle_timeout counts
+        # from it); fastws's own keepalive pings and their pongs do not count.
         self.last_activity = now
+        self._now = now
         self.next_ping = now + ping_interval if ping_interval > 0 else None
         self.closed_by: str | None = None   # "client", "upstream" or "proxy"
         self.close_cause: str | None = None
@@ -215,7 +218,7 @@ class Session:
         src = self.halves[side]
         if src.close_received or src.parser.failed or src.eof:
             return end                      # RFC 6455 section 5.5.1 / 7.1.7: discard
-        self.last_activity = now
+        self._now = now
         if type(buffer) is not memoryview:
             buffer = memoryview(buffer)     # forwarded slices are views, not copies
         dst = src.peer
@@ -243,7 +246,7 @@ class Session:
         ``event`` is what that scan returned, or ``exc`` what it raised.
         """
         src = self.halves[side]
-        self.last_activity = now
+        self._now = now
         return self._passthrough_loop(src, src.peer, buffer, 0, end, now, event, exc)
 
     def _receive_passthrough(self, src: _Half, dst: _Half, buffer, start: int, end: int, now: float) -> int:
@@ -425,17 +428,20 @@ class Session:
                     self._ping_counter += 1
                     half.ping_payload = PING_MAGIC + str(self._ping_counter).encode()
                     half.ping_sent_at = now
-                    self._forward_bytes(half, half.writer.frame(Opcode.PING, half.ping_payload))
+                    if not half.close_sent and not half.eof:    # not relayed traffic: no activity
+                        half.out.append(half.writer.frame(Opcode.PING, half.ping_payload))
 
     # -- internals ----------------------------------------------------------------------------
 
     def _forward(self, dst: _Half, buffer, start: int, stop: int) -> None:
         if stop > start and not dst.close_sent and not dst.eof:
             dst.out.append(buffer[start:stop])
+            self.last_activity = self._now
 
     def _forward_bytes(self, dst: _Half, data: bytes) -> None:
         if not dst.close_sent and not dst.eof:
             dst.out.append(data)
+            self.last_activity = self._now
 
     def _at_boundary(self, dst: _Half) -> bool:
         """Whether a frame may be put on the stream towards ``dst`` now."""

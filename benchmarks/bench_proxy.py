@@ -1,0 +1,806 @@
+"""Proxy load suite: an echo upstream, direct and through nginx and fastws, under load.
+
+Run on request, never in the default ``pytest`` run (``testpaths = ["tests"]``)::
+
+    pytest benchmarks/bench_proxy.py --benchmark-json=proxy.json      # everything, defaults
+    python benchmarks/bench_proxy.py --report proxy.json [--baseline old.json]
+
+    python benchmarks/bench_proxy.py [--ws-target URL] [--json out.json] [suite options]
+        # the same through pytest.main with the options plugin loaded, then the report
+
+What runs (details, nginx config and how to read the report: ``benchmarks/README.md``):
+
+* one picows echo upstream (``servers.EchoUpstream``), a subprocess on uvloop,
+  shared by every load cell;
+* the targets, each in its own subprocess and each with one worker process:
+  ``direct`` (the echo itself), ``nginx`` (if installed; ``nginx.conf.template``),
+  ``fastws`` (passthrough both ways) and ``fastws-inspect`` (a no-op handler
+  chain on both directions, ``servers.TrivialChain``);
+* the cells: {ping-pong, pipelined (16 in flight)} x {64 B, 1 KiB, 64 KiB} x
+  {1, 50 connections}.  For each cell every target runs back to back, so the
+  ratios come from one run under the same conditions.  The load client
+  (``loadclient.py``, picows) is a fresh subprocess a run: warm-up, then a
+  counted window, and it reads the proxy's user+sys CPU ticks at both ends of
+  the window;
+* the idle cell: 10,000 connections held open (or as many as
+  ``RLIMIT_NOFILE`` allows), the proxy's RSS before and after, for fastws and
+  nginx, each in fresh processes.
+
+Every test stores its numbers in ``benchmark.extra_info`` (so
+``--benchmark-json`` carries them); pytest-benchmark's own time columns are the
+wall time of a whole run (client start-up, warm-up, window, drain) and are not
+the result.  At the end of the module the report is printed to the terminal.
+
+``--ws-target ws://host:port/path`` (options: ``conftest_proxy.py``) points the
+same cells at any running deployment instead; the route must echo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:       # run as a script, or imported without pytest's rootdir insert
+    sys.path.insert(0, str(HERE))
+
+import pytest  # noqa: E402
+
+import servers as srv  # noqa: E402
+
+MODES = ("pingpong", "pipelined")
+SIZES = (64, 1024, 65536)
+CONNS = (1, 50)
+LOCAL_TARGETS = ("direct", "nginx", "fastws", "fastws-inspect")
+IDLE_TARGETS = ("fastws", "nginx")
+
+# Goals of the load-suite issue.
+GOAL_CPU_PASSTHROUGH = 1.0      # fastws CPU/msg ÷ nginx CPU/msg, every cell
+GOAL_RATE_PASSTHROUGH = 1.0     # fastws msgs/s ÷ nginx msgs/s, every cell (at least)
+GOAL_CPU_INSPECT = 2.0          # fastws-inspect CPU/msg ÷ nginx CPU/msg, every cell
+GOAL_ADDED_P99 = 1.2            # added p99 (over direct) fastws ÷ nginx, ping-pong, 50 connections
+GOAL_IDLE_CONNS = 10_000
+GOAL_IDLE_RSS = 200 * 1024 * 1024
+
+LOADCLIENT = HERE / "loadclient.py"
+RESULTS: list[dict] = []        # this session's results, for the end-of-module report
+
+
+def size_label(n: int) -> str:
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class Cell:
+    mode: str
+    size: int
+    conns: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.mode}-{size_label(self.size).replace(' ', '')}-c{self.conns}"
+
+    @property
+    def label(self) -> str:
+        mode = "ping-pong" if self.mode == "pingpong" else "pipelined"
+        return f"{mode} {size_label(self.size)} ×{self.conns}"
+
+
+CELLS = [Cell(m, s, c) for m in MODES for s in SIZES for c in CONNS]
+
+
+# -- options: the conftest_proxy plugin, else the environment -----------------------------
+
+@dataclass
+class Settings:
+    ws_target: str | None
+    ws_target_pids: list[int]
+    ws_direct: str | None
+    duration: float
+    warmup: float
+    max_messages: int
+    window: int
+    rounds: int
+    idle: int
+    nginx: bool
+    json_path: str | None
+
+    @classmethod
+    def from_config(cls, config) -> "Settings":
+        def opt(name, env, default, conv=str):
+            value = config.getoption(name, default=None)
+            if value is None:
+                value = os.environ.get(env)
+                if value is None or value == "":
+                    return default
+            return conv(value)
+
+        def flag(name, env):
+            return bool(config.getoption(name, default=None)) or os.environ.get(env, "") not in ("", "0")
+
+        quick = flag("proxy_quick", "FASTWS_BENCH_QUICK")
+        pids = config.getoption("ws_target_pid", default=None)
+        if not pids:
+            pids = [int(p) for p in os.environ.get("FASTWS_BENCH_WS_TARGET_PIDS", "").split(",") if p.strip()]
+        return cls(
+            ws_target=opt("ws_target", "FASTWS_BENCH_WS_TARGET", None),
+            ws_target_pids=list(pids),
+            ws_direct=opt("ws_direct", "FASTWS_BENCH_WS_DIRECT", None),
+            duration=opt("proxy_duration", "FASTWS_BENCH_DURATION", 0.3 if quick else 1.5, float),
+            warmup=opt("proxy_warmup", "FASTWS_BENCH_WARMUP", 0.1 if quick else 0.3, float),
+            max_messages=opt("proxy_max_messages", "FASTWS_BENCH_MAX_MESSAGES", 1_000_000, int),
+            window=opt("proxy_window", "FASTWS_BENCH_WINDOW", 16, int),
+            rounds=max(1, opt("proxy_rounds", "FASTWS_BENCH_ROUNDS", 1 if quick else 3, int)),
+            idle=opt("proxy_idle", "FASTWS_BENCH_IDLE", 500 if quick else GOAL_IDLE_CONNS, int),
+            nginx=not flag("proxy_no_nginx", "FASTWS_BENCH_NO_NGINX") and srv.nginx_binary() is not None,
+            json_path=opt("proxy_json", "FASTWS_BENCH_PROXY_JSON", None),
+        )
+
+
+def pytest_generate_tests(metafunc) -> None:
+    s = Settings.from_config(metafunc.config)
+    if "cell" in metafunc.fixturenames:
+        if s.ws_target:
+            targets = (["direct"] if s.ws_direct else []) + ["target"]
+        else:
+            targets = [t for t in LOCAL_TARGETS if t != "nginx" or s.nginx]
+        # Cell-major, then round-robin: every target of a cell runs once, then again, so
+        # their ratios share conditions, and drift or an unlucky placement of the
+        # processes on the CPUs is spread over all targets (the report takes medians).
+        runs = [(cell, r, t) for cell in CELLS for r in range(1, s.rounds + 1) for t in targets]
+        metafunc.parametrize(("cell", "round_no", "target"), runs,
+                             ids=[f"{c.id}-{t}-r{r}" for c, r, t in runs], scope="function")
+    if "idle_target" in metafunc.fixturenames:
+        targets = [] if s.ws_target or s.idle <= 0 else [t for t in IDLE_TARGETS if t != "nginx" or s.nginx]
+        metafunc.parametrize("idle_target", targets)
+
+
+# -- environment recorded with every result ---------------------------------------------
+
+_GIT: dict = {}
+
+
+def _git_state() -> str | None:
+    """``<commit>`` of the fastws tree measured, ``+dirty`` when fastws/ has uncommitted changes."""
+    if "state" not in _GIT:
+        repo = str(HERE.parent)
+        try:
+            head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True, check=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "fastws", "setup.py"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            _GIT["state"] = head + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            _GIT["state"] = None
+    return _GIT["state"]
+
+
+def _environment(settings: Settings, nginx_version: str | None) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    env = {"python": f"{platform.python_implementation()} {platform.python_version()}",
+           "kernel": platform.release(), "cpus": os.cpu_count(), "nginx": nginx_version,
+           "duration_s": settings.duration, "warmup_s": settings.warmup, "window": settings.window,
+           "rounds": settings.rounds, "fastws_git": _git_state()}
+    for name in ("picows", "uvloop", "aiofastnet"):
+        try:
+            env[name] = version(name)
+        except PackageNotFoundError:
+            env[name] = None
+    try:
+        if str(HERE.parent) not in sys.path:
+            sys.path.append(str(HERE.parent))   # the tree the servers run (they get it on PYTHONPATH)
+        from fastws import codec
+        env["fastws_codec"] = codec.IMPLEMENTATION
+    except Exception:   # pragma: no cover - fastws not importable: nothing to report
+        env["fastws_codec"] = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    env["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return env
+
+
+# -- fixtures ----------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    proxy_pids: list[int]        # CPU charged to the target ("the proxy")
+    upstream_pids: list[int]     # CPU of the echo upstream, for context
+    process: object = None       # the servers._Process, when the suite started it
+
+    def check(self) -> None:
+        if self.process is not None:
+            self.process.check()
+
+
+@pytest.fixture(scope="module")
+def settings(request) -> Settings:
+    return Settings.from_config(request.config)
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    """Configs, pid files and logs of the started servers.
+
+    Not pytest's ``tmp_path``: other pytest sessions on the machine rotate its
+    base directory away (it keeps three), which would pull nginx's directory out
+    from under it.  Removed at the end unless ``FASTWS_BENCH_KEEP=1``.
+    """
+    path = Path(tempfile.mkdtemp(prefix="fastws-proxy-bench-"))
+    yield path
+    if os.environ.get("FASTWS_BENCH_KEEP", "") in ("", "0"):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        print(f"kept {path}")
+
+
+@pytest.fixture(scope="module")
+def stack(settings, workdir, request):
+    """The targets by name: started here (local mode) or given (``--ws-target``)."""
+    if settings.ws_target:
+        targets = {"target": Target("target", settings.ws_target, settings.ws_target_pids, [])}
+        if settings.ws_direct:
+            targets["direct"] = Target("direct", settings.ws_direct, [], [])
+        yield {"targets": targets, "nginx_version": None}
+        return
+    tmp = workdir
+    started = []
+    try:
+        echo = srv.EchoUpstream.start(tmp)
+        started.append(echo)
+        targets = {"direct": Target("direct", echo.url, [], [echo.pid], echo)}
+        nginx_version = None
+        if settings.nginx:
+            ng = srv.NginxProxy.start(tmp, echo.port)
+            started.append(ng)
+            nginx_version = ng.version
+            targets["nginx"] = Target("nginx", ng.url, ng.pids, [echo.pid], ng)
+        for name, chain in (("fastws", "none"), ("fastws-inspect", "inspect")):
+            fw = srv.FastwsProxy.start(tmp, echo.url, chain=chain)
+            started.append(fw)
+            targets[name] = Target(name, fw.url, fw.pids, [echo.pid], fw)
+        yield {"targets": targets, "nginx_version": nginx_version}
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+class _ReportPlugin:
+    """Prints the report after pytest-benchmark's tables (registered by ``_report_at_end``)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.text:
+            terminalreporter.write_sep("=", "fastws proxy load suite")
+            for line in self.text.splitlines():
+                terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_at_end(request, settings):
+    """Build the report of this module's results when it finishes (and write --proxy-json)."""
+    RESULTS.clear()
+    started = time.time()
+    yield
+    if not RESULTS:
+        return
+    doc = {"suite": "fastws-proxy-load", "datetime": datetime.datetime.fromtimestamp(started).isoformat(),
+           "results": list(RESULTS)}
+    if settings.json_path:
+        with open(settings.json_path, "w") as f:
+            json.dump(doc, f, indent=1)
+    pm = request.config.pluginmanager
+    plugin = pm.get_plugin("fastws-proxy-report")
+    if plugin is None:
+        plugin = _ReportPlugin()
+        pm.register(plugin, "fastws-proxy-report")
+    plugin.text = "\n".join(report_lines(doc))
+
+
+def _run_client(argv: list[str], timeout: float) -> dict:
+    out = subprocess.run([sys.executable, str(LOADCLIENT), *argv], capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"load client failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _record(benchmark, result: dict) -> None:
+    benchmark.extra_info.update(result)
+    RESULTS.append(result)
+
+
+# -- the load cells ----------------------------------------------------------------------
+
+def test_load(benchmark, stack, settings, cell: Cell, round_no: int, target: str) -> None:
+    """One cell against one target: messages/s, latency percentiles, proxy CPU per message."""
+    t = stack["targets"][target]
+    t.check()
+    benchmark.group = cell.id
+    argv = ["load", "--url", t.url, "--mode", cell.mode, "--size", str(cell.size),
+            "--connections", str(cell.conns), "--window", str(settings.window),
+            "--warmup", str(settings.warmup), "--duration", str(settings.duration),
+            "--max-messages", str(settings.max_messages)]
+    for pid in t.proxy_pids:
+        argv += ["--cpu-pid", str(pid)]
+    for pid in t.upstream_pids:
+        argv += ["--ctx-pid", str(pid)]
+    load0 = os.getloadavg()
+    box: dict = {}
+
+    def run_once():
+        box["r"] = _run_client(argv, timeout=settings.warmup + settings.duration + 60)
+
+    benchmark.pedantic(run_once, rounds=1, iterations=1, warmup_rounds=0)
+    r = box["r"]
+    result = {"proxy_cell": cell.id, "proxy_kind": "load", "mode": cell.mode, "size": cell.size,
+              "conns": cell.conns, "target": target, "round": round_no, "loadavg_start": list(load0),
+              "loadavg_end": list(os.getloadavg()),
+              "env": _environment(settings, stack["nginx_version"]), **r}
+    ticks = r.get("proxy_cpu_ticks")
+    if ticks is not None and r.get("messages"):
+        cpu_s = ticks / r["clk_tck"]
+        result["proxy_cpu_us_per_msg"] = cpu_s / r["messages"] * 1e6
+        result["proxy_cpu_load"] = cpu_s / r["elapsed_s"]
+    if r.get("upstream_cpu_ticks") is not None and r.get("messages"):
+        result["upstream_cpu_us_per_msg"] = r["upstream_cpu_ticks"] / r["clk_tck"] / r["messages"] * 1e6
+    if r.get("messages"):
+        result["client_cpu_us_per_msg"] = r["client_cpu_s"] / r["messages"] * 1e6
+    result.pop("latencies", None)
+    _record(benchmark, result)
+    t.check()
+    assert not r.get("errors"), f"{target} {cell.id}: {r['errors']}"
+    assert r.get("messages", 0) > 0, f"{target} {cell.id}: no echo counted"
+
+
+# -- the idle-connections cell -----------------------------------------------------------
+
+def _idle_capacity(requested: int) -> tuple[int, str]:
+    """How many proxied connections one process can hold here: each needs two sockets."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = (1 << 20) if hard == resource.RLIM_INFINITY else hard
+    spare = 64            # listener, epoll, signal pipes, stdio, log, the loop's own
+    most = (hard - spare) // 2
+    if requested <= most:
+        return requested, ""
+    return most, (f"RLIMIT_NOFILE hard limit is {hard} (CAP_SYS_RESOURCE needed to raise it): "
+                  f"a proxy needs 2 sockets a connection, so at most {most} here")
+
+
+def test_idle_connections(benchmark, settings, workdir, idle_target: str) -> None:
+    """Hold N idle proxied connections; the proxy's RSS before and after (fresh processes)."""
+    n, why = _idle_capacity(settings.idle)
+    benchmark.group = "idle"
+    tmp = workdir / f"idle-{idle_target}"
+    tmp.mkdir()
+    load0 = os.getloadavg()
+    with srv.EchoUpstream.start(tmp) as echo:
+        if idle_target == "nginx":
+            proxy = srv.NginxProxy.start(tmp, echo.port, proxied=n)
+            rss_pids = proxy.pids
+            version = proxy.version
+        else:
+            proxy = srv.FastwsProxy.start(tmp, echo.url)
+            rss_pids = proxy.pids
+            version = None
+        with proxy:
+            time.sleep(0.3)
+            rss0 = sum(srv.vm_rss(p) for p in rss_pids)
+            box: dict = {}
+
+            def run_once():
+                client = subprocess.Popen(
+                    [sys.executable, str(LOADCLIENT), "idle", "--url", proxy.url, "--connections", str(n)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                try:
+                    line = client.stdout.readline()
+                    if not line.startswith("{"):
+                        raise RuntimeError("idle client failed:\n" + client.stderr.read()[-3000:])
+                    opened = json.loads(line)
+                    time.sleep(1.0)           # let the proxy settle (handshake tasks, buffers)
+                    opened["rss"] = sum(srv.vm_rss(p) for p in rss_pids)
+                    opened["hwm"] = sum(srv.vm_hwm(p) for p in rss_pids)
+                    opened["fds"] = sum(srv.fd_count(p) for p in rss_pids)
+                    proxy.check()
+                    client.stdin.close()
+                    tail = client.stdout.readline()
+                    opened.update(json.loads(tail) if tail.startswith("{") else {})
+                    box["r"] = opened
+                finally:
+                    try:
+                        client.wait(30)
+                    except subprocess.TimeoutExpired:
+                        client.kill()
+                        client.wait(5)
+
+            benchmark.pedantic(run_once, rounds=1, iterations=1, warmup_rounds=0)
+    r = box["r"]
+    connected = r["connected"]
+    per_conn = (r["rss"] - rss0) / connected if connected else None
+    result = {"proxy_cell": "idle", "proxy_kind": "idle", "target": idle_target, "requested": settings.idle,
+              "capacity_note": why, "rss_before": rss0, "loadavg_start": list(load0),
+              "loadavg_end": list(os.getloadavg()), "nginx": version,
+              "env": _environment(settings, version), **r}
+    if per_conn is not None:
+        result["rss_per_conn"] = per_conn
+        result["rss_at_goal"] = rss0 + per_conn * GOAL_IDLE_CONNS
+    _record(benchmark, result)
+    log = srv._tail(proxy.log)
+    assert connected == n, f"opened {connected} of {n}: {r.get('errors')}\n{log}"
+    assert r.get("probe_ok", 0) == r.get("probe_n", 0), f"some held connections did not echo\n{log}"
+    assert r.get("open", connected) == connected, f"{connected - r['open']} connections dropped\n{log}"
+
+
+# -- the report ----------------------------------------------------------------------------
+
+def load_results(path: str) -> dict:
+    """Results from ``--proxy-json`` or ``--benchmark-json`` output, as ``{"results": [...]}``."""
+    with open(path) as f:
+        doc = json.load(f)
+    if "results" in doc:
+        return doc
+    results = [b["extra_info"] for b in doc.get("benchmarks", []) if "proxy_cell" in b.get("extra_info", {})]
+    return {"suite": "fastws-proxy-load", "datetime": doc.get("datetime"), "results": results,
+            "machine_info": doc.get("machine_info")}
+
+
+def _fmt_rate(x):
+    if x is None:
+        return "–"
+    return f"{x / 1e3:.1f} k" if x >= 1e3 else f"{x:.0f}"
+
+
+def _fmt_us(x):
+    if x is None:
+        return "–"
+    if x >= 10_000:
+        return f"{x / 1e3:.0f} ms"
+    if x >= 1000:
+        return f"{x / 1e3:.2f} ms"
+    return f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def _fmt_delta(us):
+    """A signed latency difference with its unit: ``+633 µs``, ``-1.18 ms``."""
+    sign = "-" if us < 0 else "+"
+    text = _fmt_us(abs(us))
+    return sign + (text if text.endswith("ms") else text + " µs")
+
+
+def _fmt_ratio(x, goal_max=None, goal_min=None):
+    if x is None:
+        return "–"
+    missed = (goal_max is not None and x > goal_max) or (goal_min is not None and x < goal_min)
+    text = f"{x:.2f}×"
+    if missed and text in (f"{goal_max or 0:.2f}×", f"{goal_min or 0:.2f}×"):
+        text = f"{x:.3f}×"          # 0.998 must not read as a met 1.00×
+    return f"**{text}**" if missed else text
+
+
+def _fmt_mib(n):
+    return "–" if n is None else f"{n / 1048576:.1f} MiB"
+
+
+def _div(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+MEDIAN_KEYS = ("msgs_per_s", "proxy_cpu_us_per_msg", "proxy_cpu_load", "upstream_cpu_us_per_msg",
+               "client_cpu_us_per_msg", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us")
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def aggregate(results) -> dict:
+    """``{(cell id, target): merged}``: the median of every measure over the rounds, plus
+    ``rounds`` and ``<measure>_all`` (the per-round values, in round order)."""
+    groups: dict = {}
+    for r in results:
+        if r.get("proxy_kind") == "load":
+            groups.setdefault((r["proxy_cell"], r["target"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.get("round", 1))
+        merged = dict(rs[-1])
+        merged["rounds"] = len(rs)
+        for k in MEDIAN_KEYS:
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            merged[k] = _median(vals) if vals else None
+            merged[k + "_all"] = vals
+        out[key] = merged
+    return out
+
+
+def _cells_of(results):
+    """The load cells present, in the suite's order."""
+    seen = {r["proxy_cell"] for r in results if r.get("proxy_kind") == "load"}
+    order = [c for c in CELLS if c.id in seen]
+    return order
+
+
+def report_lines(doc: dict, baseline: dict | None = None) -> list[str]:
+    results = doc["results"]
+    load = aggregate(results)
+    idle = {r["target"]: r for r in results if r.get("proxy_kind") == "idle"}
+    cells = _cells_of(results)
+    targets = [t for t in (*LOCAL_TARGETS, "target") if any(k[1] == t for k in load)]
+    proxy = "target" if "target" in targets else "fastws"
+    has_nginx = "nginx" in targets
+
+    def get(cell, target, key):
+        r = load.get((cell.id, target))
+        return None if r is None else r.get(key)
+
+    out = ["## Proxy load suite report", ""]
+    out += _machine_lines(doc, results)
+    out += _goal_lines(cells, get, idle, has_nginx, proxy)
+
+    names = {"direct": "direct", "nginx": "nginx", "fastws": "fastws", "fastws-inspect": "fastws+inspect",
+             "target": "target"}
+    out += ["### Messages/s (echoed round trips a second; higher is better)", ""]
+    ratio_cols = []
+    if has_nginx:
+        ratio_cols.append((f"{names[proxy]} ÷ nginx", proxy, "nginx", None, GOAL_RATE_PASSTHROUGH))
+    if "direct" in targets:
+        ratio_cols.append((f"{names[proxy]} ÷ direct", proxy, "direct", None, None))
+    if has_nginx and "fastws-inspect" in targets:
+        ratio_cols.append(("inspect ÷ nginx", "fastws-inspect", "nginx", None, None))
+    out += _head(["cell", *(names[t] for t in targets), *(c[0] for c in ratio_cols)])
+    for cell in cells:
+        row = [cell.label] + [_fmt_rate(get(cell, t, "msgs_per_s")) for t in targets]
+        for _, a, b, gmax, gmin in ratio_cols:
+            row.append(_fmt_ratio(_div(get(cell, a, "msgs_per_s"), get(cell, b, "msgs_per_s")), gmax, gmin))
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+
+    cpu_targets = [t for t in targets if t != "direct"]
+    if any(get(c, t, "proxy_cpu_us_per_msg") is not None for c in cells for t in cpu_targets):
+        out += ["### Proxy CPU per message (µs of user+sys for one round trip = two relays; "
+                "median [range] over the rounds; the proxy's CPU load in parentheses; lower is better)", ""]
+        ratio_cols = []
+        if has_nginx:
+            ratio_cols.append((f"{names[proxy]} ÷ nginx", proxy, "nginx", GOAL_CPU_PASSTHROUGH))
+            if "fastws-inspect" in targets:
+                ratio_cols.append(("inspect ÷ nginx", "fastws-inspect", "nginx", GOAL_CPU_INSPECT))
+        if "fastws-inspect" in targets:
+            ratio_cols.append(("inspect ÷ fastws", "fastws-inspect", "fastws", None))
+        out += _head(["cell", *(names[t] for t in cpu_targets), *(c[0] for c in ratio_cols),
+                      "echo upstream µs/msg"])
+        for cell in cells:
+            row = [cell.label]
+            for t in cpu_targets:
+                us, ld = get(cell, t, "proxy_cpu_us_per_msg"), get(cell, t, "proxy_cpu_load")
+                spread = get(cell, t, "proxy_cpu_us_per_msg_all") or []
+                rng = f" [{min(spread):.1f}–{max(spread):.1f}]" if len(spread) > 1 else ""
+                row.append("–" if us is None else f"{us:.1f}{rng} ({ld * 100:.0f}%)")
+            for _, a, b, gmax in ratio_cols:
+                row.append(_fmt_ratio(_div(get(cell, a, "proxy_cpu_us_per_msg"),
+                                           get(cell, b, "proxy_cpu_us_per_msg")), gmax))
+            ups = [get(cell, t, "upstream_cpu_us_per_msg") for t in targets]
+            ups = [u for u in ups if u is not None]
+            row.append(f"{min(ups):.1f}–{max(ups):.1f}" if ups else "–")
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+
+    out += ["### Latency, µs: p50 / p99 (send to echo; pipelined includes queueing behind the window)", ""]
+    extra = has_nginx and "direct" in targets
+    added = [f"added p99 {names[proxy]} ÷ nginx"] if extra else []
+    out += _head(["cell", *(names[t] for t in targets), *added])
+    for cell in cells:
+        row = [cell.label]
+        for t in targets:
+            row.append(f"{_fmt_us(get(cell, t, 'p50_us'))} / {_fmt_us(get(cell, t, 'p99_us'))}")
+        if extra:
+            goal = GOAL_ADDED_P99 if (cell.mode == "pingpong" and cell.conns == 50) else None
+            row.append(_fmt_ratio(_added_p99_ratio(cell, get, proxy), goal))
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", "Added p99 = p99 through the proxy − p99 direct; its ratio is judged only on "
+            "ping-pong ×50 (bold: goal missed).", ""]
+
+    if idle:
+        out += ["### Idle connections (fresh echo and proxy processes; RSS of the proxy's processes)", ""]
+        out.append("| proxy | connections held | RSS before | RSS with them | per connection | "
+                   f"RSS at {GOAL_IDLE_CONNS:,} (extrapolated) | sockets open | opening took |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for t in IDLE_TARGETS:
+            r = idle.get(t)
+            if r is None:
+                continue
+            per = r.get("rss_per_conn")
+            out.append(f"| {t} | {r['connected']:,} | {_fmt_mib(r['rss_before'])} | {_fmt_mib(r['rss'])} | "
+                       + ("–" if per is None else f"{per / 1024:.1f} KiB") + " | "
+                       + f"{_fmt_mib(r.get('rss_at_goal'))} | {r.get('fds', '–')} | "
+                       + f"{r['connect_s']:.1f} s |")
+        notes = {r["capacity_note"] for r in idle.values() if r.get("capacity_note")}
+        out.append("")
+        for note in sorted(notes):
+            out += [f"Capped: {note}.", ""]
+
+    if baseline is not None:
+        out += _baseline_lines(load, baseline, cells, targets, names)
+    return out
+
+
+def _head(columns: list[str]) -> list[str]:
+    """A markdown table head: the first column left-aligned, the numbers right-aligned."""
+    return ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+
+
+def _added_p99(cell, get, proxy):
+    """``(added by the proxy, added by nginx)``: p99 through each minus p99 direct, in µs."""
+    d, n, p = get(cell, "direct", "p99_us"), get(cell, "nginx", "p99_us"), get(cell, proxy, "p99_us")
+    if None in (d, n, p):
+        return None
+    return p - d, n - d
+
+
+def _added_p99_ratio(cell, get, proxy):
+    added = _added_p99(cell, get, proxy)
+    if added is None or added[1] <= 0:
+        return None       # nginx added nothing measurable: no ratio (the goal line shows the µs)
+    return added[0] / added[1]
+
+
+def _machine_lines(doc, results) -> list[str]:
+    env = next((r["env"] for r in results if r.get("env")), {})
+    mi = (doc.get("machine_info") or {}).get("fastws", {})
+    loads = [r for r in results if r.get("loadavg_start")]
+    lines = ["### Machine and run", ""]
+    cpu = env.get("cpu_model") or mi.get("cpu_model", "?")
+    lines.append(f"- CPU: {cpu}, {env.get('cpus', '?')} logical CPUs; "
+                 f"kernel {env.get('kernel', '?')}; {env.get('python', '?')}")
+    git = env.get("fastws_git") or "(commit unknown)"
+    lines.append(f"- fastws {git}, codec {env.get('fastws_codec', '?')}; "
+                 "load client and echo upstream: picows "
+                 f"{env.get('picows', '?')} on uvloop {env.get('uvloop', '?')}"
+                 + (f" (aiofastnet {env['aiofastnet']})" if env.get("aiofastnet") else "")
+                 + (f"; {env['nginx']}, 1 worker" if env.get("nginx") else "; nginx: not run"))
+    lines.append(f"- Each run: {env.get('warmup_s', '?')} s warm-up, then a counted window of "
+                 f"{env.get('duration_s', '?')} s; {env.get('rounds', 1)} round(s) of every cell and target, "
+                 "round-robin, medians reported; "
+                 f"pipelined window {env.get('window', '?')} messages a connection")
+    if loads:
+        a, b = loads[0]["loadavg_start"], loads[-1]["loadavg_end"]
+        lines.append(f"- Run {doc.get('datetime') or '?'}; load average at start "
+                     f"{a[0]:.2f} / {a[1]:.2f} / {a[2]:.2f}, at end {b[0]:.2f} / {b[1]:.2f} / {b[2]:.2f}")
+    lines.append("")
+    return lines
+
+
+def _goal_lines(cells, get, idle, has_nginx, proxy) -> list[str]:
+    lines = ["### Goals", ""]
+
+    def mark(ok):
+        return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+    def over_cells(a, b, key, goal, at_most=True, which=None):
+        rs = {c: _div(get(c, a, key), get(c, b, key)) for c in (which or cells)}
+        rs = {c: r for c, r in rs.items() if r is not None}
+        if not rs:
+            return None, ""
+        worst = max(rs, key=rs.get) if at_most else min(rs, key=rs.get)
+        ok = all((r <= goal) if at_most else (r >= goal) for r in rs.values())
+        met = sum(1 for r in rs.values() if ((r <= goal) if at_most else (r >= goal)))
+        return ok, f"{met}/{len(rs)} cells; worst {rs[worst]:.2f}× ({worst.label})"
+
+    if not has_nginx:
+        lines += ["- nginx was not measured: the ratio goals are n/a.", ""]
+    else:
+        ok, text = over_cells(proxy, "nginx", "proxy_cpu_us_per_msg", GOAL_CPU_PASSTHROUGH)
+        lines.append(f"- passthrough CPU per message ≤ {GOAL_CPU_PASSTHROUGH:g}× nginx's on every cell: "
+                     f"{mark(ok)}; {text}")
+        ok, text = over_cells(proxy, "nginx", "msgs_per_s", GOAL_RATE_PASSTHROUGH, at_most=False)
+        lines.append(f"- passthrough messages/s ≥ nginx's on every cell: {mark(ok)}; {text}")
+        ok, text = over_cells("fastws-inspect", "nginx", "proxy_cpu_us_per_msg", GOAL_CPU_INSPECT)
+        lines.append(f"- trivial inspect chain both ways, CPU per message ≤ {GOAL_CPU_INSPECT:g}× "
+                     f"nginx's: {mark(ok)}; {text}")
+        pp50 = [c for c in cells if c.mode == "pingpong" and c.conns == 50]
+        added = {c: _added_p99(c, get, proxy) for c in pp50}
+        added = {c: a for c, a in added.items() if a is not None}
+        if added:
+            # Met where the proxy adds at most 1.2x what nginx adds (or nothing at all).
+            ok = all(a[0] <= max(0.0, GOAL_ADDED_P99 * a[1]) for a in added.values())
+            lines.append(f"- added p99 latency, ping-pong ×50, ≤ {GOAL_ADDED_P99:g}× nginx's: "
+                         f"{mark(ok)}; "
+                         + ", ".join(f"{size_label(c.size)} {_fmt_delta(a[0])} vs nginx {_fmt_delta(a[1])}"
+                                     + (f" ({a[0] / a[1]:.2f}×)" if a[1] > 0 else "")
+                                     for c, a in added.items()))
+        else:
+            lines.append("- added p99 latency, ping-pong ×50: n/a (direct, nginx or the proxy missing)")
+    r = idle.get("fastws")
+    if r is not None:
+        est = r.get("rss_at_goal")
+        held = r["connected"]
+        if held >= GOAL_IDLE_CONNS:
+            ok = r["rss"] < GOAL_IDLE_RSS
+            lines.append(f"- {GOAL_IDLE_CONNS:,} idle connections in one worker < 200 MiB RSS: {mark(ok)}; "
+                         f"{_fmt_mib(r['rss'])}")
+        else:
+            ok = est is not None and est < GOAL_IDLE_RSS
+            lines.append(f"- {GOAL_IDLE_CONNS:,} idle connections in one worker < 200 MiB RSS: {mark(ok)} "
+                         f"(extrapolated); {held:,} held → {_fmt_mib(r['rss'])}, "
+                         f"{(r.get('rss_per_conn') or 0) / 1024:.1f} KiB each → {_fmt_mib(est)} at "
+                         f"{GOAL_IDLE_CONNS:,}")
+    lines.append("")
+    return lines
+
+
+def _baseline_lines(load, baseline, cells, targets, names) -> list[str]:
+    base = aggregate(baseline["results"])
+    lines = ["### Against the baseline (this run ÷ baseline: messages/s, CPU per message)", ""]
+    tcols = [t for t in targets if any((c.id, t) in base for c in cells)]
+    lines += _head(["cell", *(f"{names[t]} msgs/s" for t in tcols),
+                    *(f"{names[t]} CPU/msg" for t in tcols if t != "direct")])
+    for cell in cells:
+        row = [cell.label]
+        for t in tcols:
+            a, b = load.get((cell.id, t), {}), base.get((cell.id, t), {})
+            row.append(_fmt_ratio(_div(a.get("msgs_per_s"), b.get("msgs_per_s"))))
+        for t in tcols:
+            if t == "direct":
+                continue
+            a, b = load.get((cell.id, t), {}), base.get((cell.id, t), {})
+            row.append(_fmt_ratio(_div(a.get("proxy_cpu_us_per_msg"), b.get("proxy_cpu_us_per_msg"))))
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    return lines
+
+
+# -- script entry point --------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="fastws proxy load suite: run it (through pytest) or print the report of a run",
+        epilog="Other arguments go to pytest (suite options: --ws-target-pid, --ws-direct, "
+               "--proxy-duration, --proxy-warmup, --proxy-window, --proxy-idle, --proxy-no-nginx, "
+               "--proxy-quick, -k CELLS).")
+    ap.add_argument("--report", metavar="JSON", help="print the report of this results file and exit")
+    ap.add_argument("--baseline", metavar="JSON", help="with the report: compare against this run")
+    ap.add_argument("--json", metavar="PATH", help="write the results here (default: a temp file)")
+    args, rest = ap.parse_known_args(argv)
+    if args.report:
+        base = load_results(args.baseline) if args.baseline else None
+        sys.stdout.write("\n".join(report_lines(load_results(args.report), base)) + "\n")
+        return 0
+    out = args.json or os.path.join(tempfile.mkdtemp(prefix="fastws-proxy-"), "proxy.json")
+    repo = str(HERE.parent)
+    if repo not in sys.path:
+        sys.path.insert(0, repo)       # so -p benchmarks.conftest_proxy imports
+    code = pytest.main([str(HERE / "bench_proxy.py"), "-p", "benchmarks.conftest_proxy", "-q",
+                        "--proxy-json", out, *rest])
+    if os.path.exists(out):
+        print(f"\nresults: {out}  (python {os.path.relpath(__file__)} --report {out})")
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

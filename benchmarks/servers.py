@@ -1,0 +1,446 @@
+"""Processes of the proxy load suite: echo upstream, fastws, nginx; and how to measure them.
+
+Everything the suite starts runs in a subprocess of its own, so the pytest
+process, the load client, the upstream and the proxy never share a CPU budget
+or a GIL, and each one's CPU time can be read from ``/proc/<pid>/stat``.
+
+Library side (imported by ``bench_proxy.py``)::
+
+    with EchoUpstream.start(tmpdir) as echo:             # picows echo, uvloop
+        with FastwsProxy.start(tmpdir, echo.url, chain="inspect") as proxy:
+            proxy.url, proxy.pids, cpu_ticks(proxy.pids), vm_rss(proxy.pid)
+        with NginxProxy.start(tmpdir, echo.port) as nginx:  # only if nginx_binary() finds one
+            ...
+
+Launcher side (what the subprocesses run)::
+
+    python benchmarks/servers.py echo [--host 127.0.0.1] [--port 0]
+    python benchmarks/servers.py fastws --listen 127.0.0.1:P --upstream ws://127.0.0.1:U/ \
+        [--chain none|inspect]
+
+``fastws --chain inspect`` runs one worker (``fastws.worker.run``) with a
+trivial handler chain on both directions (``TrivialChain``): every message is
+aggregated, unmasked, handed to a handler that does nothing, and re-framed,
+which is the cost of plugins before the plugins' own work.  The command line
+cannot configure plugins yet, hence this launcher; with ``--chain none`` it is
+the same code path as ``python -m fastws --listen ... --upstream ...``.
+
+Every launcher raises its ``RLIMIT_NOFILE`` soft limit to the hard limit, so
+the idle-connections cell can hold as many sockets as the machine allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+NGINX_TEMPLATE = HERE / "nginx.conf.template"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+__all__ = [
+    "EchoUpstream", "FastwsProxy", "NginxProxy", "TrivialChain",
+    "cpu_ticks", "cpu_ns", "vm_rss", "vm_hwm", "fd_count", "free_port", "raise_nofile",
+    "nginx_binary", "nginx_version", "nginx_connections", "write_nginx_conf", "CLK_TCK",
+]
+
+
+# -- measuring processes -----------------------------------------------------------------
+
+def cpu_ticks(pids) -> int:
+    """user + sys time of ``pids`` (all their threads), in clock ticks (``CLK_TCK`` a second).
+
+    Fields 14 and 15 of ``/proc/<pid>/stat`` (proc(5)); the command name in
+    field 2 may contain spaces, so the fields are counted after the last ')'.
+    """
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def cpu_ns(pids) -> int:
+    """On-CPU time of ``pids`` in ns from ``/proc/<pid>/task/*/schedstat``: a finer cross-check."""
+    total = 0
+    for pid in pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+def _status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def vm_rss(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes (``VmRSS``)."""
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size of ``pid`` in bytes (``VmHWM``)."""
+    return _status_kib(pid, "VmHWM") * 1024
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (for nginx: the workers of the master)."""
+    out: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (fastws's config refuses port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def raise_nofile() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening:\n"
+                               + _tail(log))
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f}s:\n" + _tail(log))
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Stop one process we started, by its pid: ``sig``, then SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(5)
+
+
+class _Process:
+    """A started server: its Popen, the pids whose CPU counts, its URL; a context manager."""
+
+    name = "server"
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, proc: subprocess.Popen, host: str, port: int, path: str, log: Path) -> None:
+        self.proc, self.host, self.port, self.path, self.log = proc, host, port, path, log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}{self.path}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def check(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n" + _tail(self.log))
+
+    def stop(self) -> None:
+        _stop(self.proc, self.stop_signal)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _python() -> str:
+    return sys.executable
+
+
+def _spawn(argv: list[str], log: Path, **kw) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=open(log, "ab"), env=env, **kw)
+
+
+class EchoUpstream(_Process):
+    """The upstream of every cell: a picows echo server in its own process, on uvloop."""
+
+    name = "echo upstream"
+
+    @classmethod
+    def start(cls, tmpdir: Path, host: str = "127.0.0.1") -> "EchoUpstream":
+        log = Path(tmpdir) / "echo.log"
+        proc = _spawn([_python(), str(HERE / "servers.py"), "echo", "--host", host, "--port", "0"], log)
+        line = proc.stdout.readline().decode()
+        if not line.startswith("PORT "):
+            _stop(proc)
+            raise RuntimeError("echo upstream did not start:\n" + _tail(log))
+        return cls(proc, host, int(line.split()[1]), "/", log)
+
+
+class FastwsProxy(_Process):
+    """fastws, one worker, in its own process; ``chain`` is "none" (passthrough) or "inspect"."""
+
+    name = "fastws"
+
+    @classmethod
+    def start(cls, tmpdir: Path, upstream_url: str, chain: str = "none",
+              host: str = "127.0.0.1") -> "FastwsProxy":
+        port = free_port()
+        log = Path(tmpdir) / f"fastws-{chain}-{port}.log"
+        proc = _spawn([_python(), str(HERE / "servers.py"), "fastws", "--listen", f"{host}:{port}",
+                       "--upstream", upstream_url, "--chain", chain], log)
+        _wait_port(host, port, proc, log)
+        self = cls(proc, host, port, "/", log)
+        self.chain = chain
+        return self
+
+
+# -- nginx ---------------------------------------------------------------------------------
+
+def nginx_binary() -> str | None:
+    """The nginx to compare with: ``$FASTWS_BENCH_NGINX``, else nginx on PATH or in /usr/sbin."""
+    explicit = os.environ.get("FASTWS_BENCH_NGINX")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+def nginx_version(binary: str) -> str:
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+    return (out.stderr or out.stdout).strip().replace("nginx version: ", "")
+
+
+def nginx_connections(proxied: int) -> int:
+    """``worker_connections`` for ``proxied`` WebSocket connections at once.
+
+    Each takes two slots (client and upstream), and nginx >= 1.19 starts closing
+    "reusable" connections (idle keep-alive, clients whose request has not
+    arrived yet) as soon as fewer than 1/16 of the slots are free, logging
+    "worker_connections are not enough, reusing connections".  So: 2 per
+    connection, plus 1/16, plus a margin.
+    """
+    return max(4096, (2 * proxied * 17) // 16 + 256)
+
+
+def write_nginx_conf(tmpdir: Path, listen_port: int, upstream_port: int, *,
+                     host: str = "127.0.0.1", upstream_host: str = "127.0.0.1",
+                     connections: int = 4096) -> Path:
+    """Fill ``nginx.conf.template`` (``@NAME@`` placeholders) into ``tmpdir/nginx.conf``.
+
+    ``@`` placeholders rather than ``str.format``/``$name``: nginx uses both
+    braces and ``$variables``.
+    """
+    tmpdir = Path(tmpdir)
+    nofile = raise_nofile()
+    values = {
+        "PREFIX": str(tmpdir),
+        "USER": "user root;" if os.geteuid() == 0 else "",
+        "NOFILE": str(nofile),
+        "CONNECTIONS": str(connections),
+        "LISTEN": f"{host}:{listen_port}",
+        "UPSTREAM": f"{upstream_host}:{upstream_port}",
+    }
+    text = NGINX_TEMPLATE.read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmpdir / sub).mkdir(exist_ok=True)
+    conf = tmpdir / "nginx.conf"
+    conf.write_text(text)
+    return conf
+
+
+class NginxProxy(_Process):
+    """nginx with one worker process (master + worker), config from ``nginx.conf.template``."""
+
+    name = "nginx"
+    stop_signal = signal.SIGTERM     # fast shutdown; SIGQUIT would wait for every WebSocket
+
+    @classmethod
+    def start(cls, tmpdir: Path, upstream_port: int, binary: str | None = None,
+              host: str = "127.0.0.1", proxied: int = 100) -> "NginxProxy":
+        """Start nginx in front of 127.0.0.1:``upstream_port``, sized for ``proxied`` connections."""
+        binary = binary or nginx_binary()
+        if binary is None:
+            raise RuntimeError("nginx not found")
+        tmpdir = Path(tmpdir) / "nginx"
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        conf = write_nginx_conf(tmpdir, port, upstream_port, host=host,
+                                connections=nginx_connections(proxied))
+        log = tmpdir / "error.log"
+        proc = _spawn([binary, "-p", str(tmpdir), "-c", str(conf), "-e", str(log),
+                       "-g", "daemon off;"], log, preexec_fn=raise_nofile)
+        _wait_port(host, port, proc, log)
+        self = cls(proc, host, port, "/", log)
+        self.binary = binary
+        self.version = nginx_version(binary)
+        self._workers: list[int] = []
+        deadline = time.monotonic() + 5
+        while not self._workers and time.monotonic() < deadline:
+            self._workers = children(proc.pid)
+            time.sleep(0.02)
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        """Master and worker: both are "the proxy's processes" (the master is idle)."""
+        return [self.proc.pid, *self._workers]
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return list(self._workers)
+
+
+# -- the launchers (subprocess side) --------------------------------------------------------
+
+class TrivialChain:
+    """A handler chain with a no-op handler on both frame phases: inspect mode, no work.
+
+    The proxy calls ``has(phase)`` when a session starts and ``run(phase, frame)``
+    for every message (see ``fastws.session``); ``chain_for(match)`` hands it out.
+    """
+
+    PHASES = frozenset({"ws_client_frame", "ws_upstream_frame"})
+
+    def has(self, phase: str) -> bool:
+        return phase in self.PHASES
+
+    def run(self, phase: str, frame) -> None:
+        pass
+
+
+def _run_echo(args) -> int:
+    import asyncio
+
+    import uvloop
+    from picows import WSListener, WSMsgType, ws_create_server
+
+    raise_nofile()
+    data_types = (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION)
+
+    class Echo(WSListener):
+        def on_ws_frame(self, transport, frame):
+            mt = frame.msg_type
+            if mt in data_types:
+                # Frame for frame, fragmentation kept; send() copies the payload.
+                transport.send(mt, frame.get_payload_as_memoryview(), frame.fin)
+            elif mt == WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+                transport.disconnect()
+            # PING: picows answers (enable_auto_pong); PONG: nothing to do.
+
+    async def main() -> None:
+        server = await ws_create_server(lambda request: Echo(), args.host, args.port,
+                                       websocket_handshake_timeout=30, max_frame_size=64 << 20,
+                                       backlog=4096)
+        port = server.sockets[0].getsockname()[1]
+        sys.stdout.write(f"PORT {port}\n")
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.close()
+
+    uvloop.run(main())
+    return 0
+
+
+def _run_fastws(args) -> int:
+    from fastws.cli import setup_logging
+    from fastws.config import load_config
+    from fastws.worker import run
+
+    raise_nofile()
+    config = load_config(None, {"listen": [args.listen], "upstream": args.upstream,
+                                "log_level": args.log_level, "graceful_timeout": 2})
+    setup_logging(config.log_level)
+    chain_for = None
+    if args.chain == "inspect":
+        chain = TrivialChain()
+        chain_for = lambda match: chain  # noqa: E731 - one shared, stateless chain
+    return run(config, chain_for=chain_for)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="launchers of the proxy load suite")
+    sub = ap.add_subparsers(dest="what", required=True)
+    echo = sub.add_parser("echo", help="picows echo upstream; prints 'PORT n' when listening")
+    echo.add_argument("--host", default="127.0.0.1")
+    echo.add_argument("--port", type=int, default=0)
+    fw = sub.add_parser("fastws", help="one fastws worker, optionally with a trivial inspect chain")
+    fw.add_argument("--listen", required=True, metavar="HOST:PORT")
+    fw.add_argument("--upstream", required=True, metavar="URL")
+    fw.add_argument("--chain", choices=("none", "inspect"), default="none")
+    fw.add_argument("--log-level", default="warning")
+    args = ap.parse_args(argv)
+    return _run_echo(args) if args.what == "echo" else _run_fastws(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
