@@ -79,6 +79,7 @@ class FrameParser:
                                # buffer[frame_start:offset])
     frame_start_valid: bool    # readonly, the current frame's header was parsed from the buffer
                                # of the latest feed(), so frame_start points into it
+    in_message: bool           # readonly, a data message is open (more fragments to come)
     frame_remaining: int       # readonly, payload bytes still to come of the data frame in
                                # progress; 0 at a frame boundary
     opcode: int                # the frame's own opcode (0 for a continuation)

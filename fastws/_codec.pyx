@@ -427,6 +427,11 @@ cdef class FrameParser:
         self._release()
 
     @property
+    def in_message(self):
+        """A fragmented data message is open: only its continuations (and control frames) may come."""
+        return self._in_message
+
+    @property
     def frame_remaining(self):
         """Payload bytes still to come of the data frame in progress (0 at a frame boundary)."""
         if self._state == READ_PAYLOAD:

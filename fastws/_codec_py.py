@@ -240,6 +240,11 @@ class FrameParser:
         self._frame_start_valid = False     # frame_start points into the previous buffer
 
     @property
+    def in_message(self):
+        """A fragmented data message is open: only its continuations (and control frames) may come."""
+        return self._in_message
+
+    @property
     def frame_remaining(self):
         """Payload bytes still to come of the data frame in progress (0 at a frame boundary)."""
         if self._state == READ_PAYLOAD:

@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fastws: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from .worker import build_chains
+
+    try:
+        build_chains(config)        # load and check every plugin before listening
+    except ConfigError as exc:
+        print(f"fastws: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     setup_logging(config.log_level)
     if config.workers > 1:
         print("fastws: --workers above 1 needs the master process, which is not built yet; "

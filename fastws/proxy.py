@@ -33,6 +33,7 @@ from typing import Any, Callable
 from . import codec
 from . import handshake as hs
 from .frames import CloseCode
+from .pdk import Rejected, WebSocket
 from .session import Session, Side
 
 __all__ = ["ProxyServer", "ConnectionStats"]
@@ -354,7 +355,9 @@ class _Link:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_when: float | None = None
         self.finished = False
-        self.chain = None
+        self.chain = None                   # the route's handler chain, bound to this connection
+        self.ws: WebSocket | None = None    # the PDK object plugins see
+        self.waiting_tasks: dict[int, asyncio.Task] = {}
 
     # -- handshake ----------------------------------------------------------------------------
 
@@ -393,7 +396,24 @@ class _Link:
         stats.service = match.service.name
         service = match.service
         hs.validate_upgrade(request)
-        self.chain = server.chain_for(match) if server.chain_for is not None else None
+        chain = server.chain_for(match) if server.chain_for is not None else None
+        if chain is not None and hasattr(chain, "bind"):
+            # A plugin chain (fastws.plugins.chain.Chain): bind it to this connection's PDK.
+            self.ws = WebSocket(request, self.client_addr)
+            chain = chain.bind(self.ws)
+            if chain.has("ws_handshake"):
+                try:
+                    pending = chain.run_handshake()
+                    if pending is not None:
+                        await pending
+                except Rejected as rejection:
+                    self._reply(rejection.status, hs.build_response(
+                        rejection.status, "", rejection.headers, rejection.body), "rejected by a plugin")
+                    return
+                except Exception as exc:        # HandlerError: a plugin bug
+                    self._handler_error(exc, "ws_handshake")
+                    raise hs.HandshakeError(500, "Internal Server Error") from None
+        self.chain = chain
 
         stats.upstream = service.url
         key = hs.new_key()
@@ -453,14 +473,28 @@ class _Link:
             raise
         self._start_relay(request, response)
 
+    def _reply(self, status: int, response: bytes, cause: str) -> None:
+        """Answer the client with a whole HTTP response and close (no WebSocket)."""
+        self.stats.status = status
+        self.stats.cause = cause
+        self.server.handshake_done(status)
+        if not self.client.closed:
+            self.client.transport.write(response)
+            self.client.close()
+        self._finish()
+
     def _start_relay(self, request, response) -> None:
         server = self.server
         cfg = server.config
         if self.client.handshake_timer is not None:
             self.client.handshake_timer.cancel()
+        ws = self.ws
+        # set_max_payload_size() in ws_handshake: 0 (unset) keeps the configured limit.
+        client_limit = (ws.client._limit if ws is not None else 0) or server.client_max_payload
+        upstream_limit = (ws.upstream._limit if ws is not None else 0) or server.upstream_max_payload
         self.session = Session(
-            client_max_payload=server.client_max_payload,
-            upstream_max_payload=server.upstream_max_payload,
+            client_max_payload=client_limit,
+            upstream_max_payload=upstream_limit,
             validate_utf8=cfg.validate_utf8,
             chain=self.chain,
             close_timeout=cfg.close_timeout,
@@ -470,6 +504,8 @@ class _Link:
             now=self.loop.time(),
             on_error=self._handler_error,
         )
+        if ws is not None:
+            ws.session = self.session
         self.stats.status = 101
         server.handshake_done(101)
         self.client.transport.write(hs.build_switching_protocols(request, response))
@@ -494,8 +530,38 @@ class _Link:
             self.upstream.transport.resume_reading()
 
     def _handler_error(self, exc: BaseException, phase: str) -> None:
-        log.error("plugin handler raised in %s: %r", phase, exc, exc_info=exc)
+        # HandlerError names the plugin and the phase; the traceback is its cause's.
+        log.error("%s", exc, exc_info=exc.__cause__ or exc)
         self.server.handler_errors += 1
+
+    def _await_handler(self, endpoint: "_Endpoint", pending) -> None:
+        """An async handler holds ``endpoint``'s direction: stop reading it until it is done."""
+        if endpoint.transport is not None:
+            endpoint.transport.pause_reading()
+
+        async def wait() -> None:
+            error = None
+            try:
+                await pending
+            except Exception as exc:
+                error = exc
+            self.waiting_tasks.pop(endpoint.side, None)
+            if self.finished:
+                return
+            try:
+                self.session.resume(endpoint.side, error, self.loop.time())
+                self._after_session()
+                if not self.finished and endpoint.len and not endpoint.closed:
+                    self.relay(endpoint)        # frames that came in with the one it held
+            except Exception:
+                log.exception("internal error after a handler; closing the connection with 1011")
+                self._internal_error()
+                return
+            if (not self.finished and not endpoint.closed and not endpoint.paused_by_peer
+                    and self.session.halves[endpoint.side].waiting is None):
+                endpoint.transport.resume_reading()
+
+        self.waiting_tasks[endpoint.side] = self.loop.create_task(wait())
 
     # -- relay ----------------------------------------------------------------------------------
 
@@ -559,6 +625,10 @@ class _Link:
         if session.finished:
             self._finish()
             return
+        for endpoint in (self.client, self.upstream):
+            waiting = session.halves[endpoint.side].waiting
+            if waiting is not None and endpoint.side not in self.waiting_tasks:
+                self._await_handler(endpoint, waiting[0])
         self._update_fast_path()
         if session.timers_dirty:
             self._schedule()
@@ -643,6 +713,8 @@ class _Link:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        for task in self.waiting_tasks.values():
+            task.cancel()
         for endpoint in (self.client, self.upstream):
             if endpoint is not None and not endpoint.closed:
                 endpoint.close(abort=self.session is not None and self.session.aborted(endpoint.side))
@@ -658,6 +730,12 @@ class _Link:
                 stats.upstream_close_code = u.close_received_code
                 stats.closed_by = session.closed_by
                 stats.cause = stats.cause or session.close_cause
+            if self.ws is not None and self.chain is not None and self.chain.has("ws_close"):
+                # SPEC section 3 step 6: once per connection, for logging.
+                self.ws.stats = stats
+                pending = self.chain.run_close()
+                if pending is not None:
+                    self.loop.create_task(pending)
         self.server.connection_closed(self)
 
 

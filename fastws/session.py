@@ -29,7 +29,7 @@ import enum
 from typing import Any, Callable
 
 from .codec import EV_CLOSE, EV_DATA, EV_NONE, EV_PING, EV_PONG, FrameParser, FrameWriter
-from .errors import ProtocolError
+from .errors import PDKError, ProtocolError
 from .frames import CloseCode, Opcode
 
 __all__ = ["Session", "Side", "InFlight", "CLOSE_REASONS"]
@@ -60,7 +60,7 @@ class Side(enum.IntEnum):
 class InFlight:
     """The frame in the handler chain (inspect mode): what the PDK reads and edits."""
 
-    __slots__ = ("opcode", "data", "status", "dropped", "close_args")
+    __slots__ = ("opcode", "data", "status", "dropped", "close_args", "close_code", "close_reason")
 
     def __init__(self, opcode: int, data: bytes, status: int | None = None) -> None:
         self.opcode = opcode
@@ -68,6 +68,14 @@ class InFlight:
         self.status = status
         self.dropped = False
         self.close_args: tuple | None = None   # (status, message, peer_status, peer_message)
+        self.close_code = status               # a close frame as received, for the session
+        self.close_reason = ""
+
+    def get_data(self) -> bytes:
+        return self.data
+
+    def set_data(self, data: bytes) -> None:
+        self.data = data
 
 
 class _Half:
@@ -77,7 +85,7 @@ class _Half:
         "side", "parser", "writer", "inspect", "out", "close_sent", "close_received",
         "close_sent_code", "close_received_code", "close_received_reason", "eof", "done",
         "abort", "deadline", "pending_close", "fail_after_send", "agg", "agg_opcode",
-        "ping_sent_at", "ping_payload", "peer", "broken_frame",
+        "ping_sent_at", "ping_payload", "peer", "broken_frame", "waiting",
     )
 
     def __init__(self, side: Side, parser: FrameParser, writer: FrameWriter, inspect: bool) -> None:
@@ -106,6 +114,9 @@ class _Half:
         # (the side dropped or failed mid-frame): the peer's stream is stuck inside a frame,
         # where a close frame would be read as payload, so the peer can only be dropped.
         self.broken_frame = False
+        # (awaitable, frame): an async handler runs on a frame from this side; reading from
+        # it waits (message order is kept), the other direction goes on.
+        self.waiting: tuple | None = None
 
 
 class Session:
@@ -218,6 +229,8 @@ class Session:
         src = self.halves[side]
         if src.close_received or src.parser.failed or src.eof:
             return end                      # RFC 6455 section 5.5.1 / 7.1.7: discard
+        if src.waiting is not None:
+            return 0                        # an async handler holds this direction
         self._now = now
         if type(buffer) is not memoryview:
             buffer = memoryview(buffer)     # forwarded slices are views, not copies
@@ -339,26 +352,75 @@ class Session:
                 frame = InFlight(opcode, data)
             elif event == EV_CLOSE:
                 frame = InFlight(Opcode.CLOSE, parser.close_reason.encode(), parser.close_code)
+                frame.close_reason = parser.close_reason
             else:
                 frame = InFlight(Opcode.PING if event == EV_PING else Opcode.PONG, parser.payload())
                 if (event == EV_PONG and src.ping_sent_at is not None and frame.data == src.ping_payload):
                     src.ping_sent_at = None
                     continue
-            if not self._run_chain(phase, frame, src, now):
+            outcome = self._run_chain(phase, frame, src, now)
+            if outcome is False:
                 parser.release()
                 return end
-            if frame.close_args is not None:
+            if outcome is not True:
+                # An async handler: this direction waits for it (resume() goes on).
+                src.waiting = (outcome, frame)
+                self.attention = True
                 parser.release()
-                self._handler_close(src, frame.close_args, now)
-                return end
-            if event == EV_CLOSE:
-                raw = None if frame.dropped else dst.writer.close_frame(
-                    frame.status if frame.status != CloseCode.NO_STATUS_RCVD else None, frame.data)
-                self._close_received(src, dst, parser.close_code, parser.close_reason, raw, now)
+                return parser.offset
+            if not self._after_chain(src, dst, frame, now):
                 parser.release()
                 return end
-            if not frame.dropped:
-                self._forward_bytes(dst, dst.writer.frame(frame.opcode, frame.data))
+
+    def _after_chain(self, src: _Half, dst: _Half, frame: InFlight, now: float) -> bool:
+        """Act on what the handlers made of ``frame``; False once ``src`` is done sending."""
+        if frame.close_args is not None:
+            self._handler_close(src, frame.close_args, now)
+            return False
+        if frame.opcode == Opcode.CLOSE:
+            raw = dst.writer.close_frame(
+                frame.status if frame.status != CloseCode.NO_STATUS_RCVD else None, frame.data)
+            self._close_received(src, dst, frame.close_code, frame.close_reason, raw, now)
+            return False
+        if not frame.dropped:
+            self._forward_bytes(dst, dst.writer.frame(frame.opcode, frame.data))
+        return True
+
+    def resume(self, side: Side, exc: BaseException | None, now: float) -> None:
+        """The async handler that held ``side``'s direction finished (``exc``: it raised).
+
+        The caller then passes the bytes it kept from that side again.
+        """
+        src = self.halves[side]
+        if src.waiting is None:
+            return
+        _, frame = src.waiting
+        src.waiting = None
+        self.attention = True
+        self._now = now
+        if exc is not None:
+            self._handler_failed(exc, "ws_client_frame" if side == Side.CLIENT else "ws_upstream_frame", now)
+            return
+        self._after_chain(src, src.peer, frame, now)
+
+    def send(self, side: Side, opcode: int, payload: bytes) -> None:
+        """A message made by the proxy (PDK ``send``) for ``side``.
+
+        Raises:
+            PDKError: that side is closing, or the passthrough stream to it is inside a
+                frame (or, for a data message, inside a fragmented message), where nothing
+                can be put.
+        """
+        dst = self.halves[side]
+        if dst.close_sent or dst.eof:
+            raise PDKError(f"send: the connection to the {dst.side.name.lower()} is closing")
+        feeder = dst.peer
+        if not feeder.inspect and (feeder.parser.frame_remaining
+                                   or (opcode < Opcode.CLOSE and feeder.parser.in_message)):
+            raise PDKError(f"send: a message is being relayed to the {dst.side.name.lower()} in "
+                           f"passthrough; nothing can be put inside it")
+        dst.out.append(dst.writer.frame(opcode, payload))
+        self.attention = True
 
     def eof(self, side: Side, now: float) -> None:
         """``side``'s TCP connection ended (or failed)."""
@@ -521,19 +583,24 @@ class Session:
         if not peer.close_sent:
             self._send_close(peer, CloseCode.GOING_AWAY, "", now)
 
-    def _run_chain(self, phase: str, frame: InFlight, src: _Half, now: float) -> bool:
-        """Run the handlers; False when one raised (both sides then get 1011)."""
+    def _run_chain(self, phase: str, frame: InFlight, src: _Half, now: float):
+        """Run the handlers: True when done, False when one raised (both sides then get
+        1011), or an awaitable when one is async (the direction then waits for it)."""
         try:
-            self.chain.run(phase, frame)
+            result = self.chain.run(phase, frame)
         except Exception as exc:  # a plugin bug must not take the worker down
-            if self.on_error is not None:
-                self.on_error(exc, phase)
-            self.closed_by = self.closed_by or "proxy"
-            self.close_cause = self.close_cause or f"handler error in {phase}"
-            for half in self.halves:
-                self._send_close(half, CloseCode.INTERNAL_ERROR, "Internal Server Error", now, fail=True)
+            self._handler_failed(exc, phase, now)
             return False
-        return True
+        return True if result is None else result
+
+    def _handler_failed(self, exc: BaseException, phase: str, now: float) -> None:
+        """SPEC section 5: a handler raised: 1011 "Internal Server Error" to both sides."""
+        if self.on_error is not None:
+            self.on_error(exc, phase)
+        self.closed_by = self.closed_by or "proxy"
+        self.close_cause = self.close_cause or f"handler error in {phase}"
+        for half in self.halves:
+            self._send_close(half, CloseCode.INTERNAL_ERROR, "Internal Server Error", now, fail=True)
 
     def _handler_close(self, src: _Half, args: tuple, now: float) -> None:
         """A handler called close(): the first pair to ``src``, the second to its peer."""

@@ -16,6 +16,7 @@ import sys
 from typing import Any, Callable
 
 from .echo import start_echo_server
+from .errors import ConfigError
 from .frames import CloseCode
 from .proxy import ProxyServer, access_log_writer
 
@@ -25,6 +26,27 @@ log = logging.getLogger("fastws")
 
 EXIT_OK = 0
 EXIT_BOOT_ERROR = 3     # gunicorn's WORKER_BOOT_ERROR: the master must not respawn
+
+
+def build_chains(config: Any, services: list | None = None) -> dict[str, Any]:
+    """The handler chain of every service, built once per config: the global plugins plus the
+    service's own (a service plugin replaces a global one of the same name, as in Kong).
+
+    Raises:
+        ConfigError: a plugin that cannot be loaded, or whose config its schema refuses.
+    """
+    from .plugins import create
+    from .plugins.chain import Chain
+
+    global_plugins = [(spec.name, create(spec.name, spec.config)) for spec in config.plugins if spec.enabled]
+    chains: dict[str, Any] = {}
+    for service in (config.services if services is None else services):
+        own = [(spec.name, create(spec.name, spec.config)) for spec in service.plugins if spec.enabled]
+        names = {name for name, _ in own}
+        chain = Chain([plugin for name, plugin in global_plugins if name not in names]
+                      + [plugin for _, plugin in own])
+        chains[service.name] = None if chain.empty else chain
+    return chains
 
 
 def _server_ssl(tls: Any) -> ssl.SSLContext:
@@ -62,11 +84,17 @@ class Worker:
             self.echo = await start_echo_server("127.0.0.1", 0)
             port = self.echo.sockets[0].getsockname()[1]
             services = [upstream_service(f"ws://127.0.0.1:{port}/", name="echo")]
+        chain_for = self.chain_for
+        if chain_for is None:
+            chains = build_chains(config, services)
+            if any(chain is not None for chain in chains.values()):
+                def chain_for(match, chains=chains):
+                    return chains.get(match.service.name)
         access_log = None
         if config.access_log:
             stream = sys.stdout if config.access_log == "-" else open(config.access_log, "a", buffering=1)
             access_log = access_log_writer(stream, config.access_log_format)
-        self.proxy = ProxyServer(config, Router(services), loop, chain_for=self.chain_for,
+        self.proxy = ProxyServer(config, Router(services), loop, chain_for=chain_for,
                                  access_log=access_log)
         for listen in config.listen:
             server = await loop.create_server(
@@ -126,6 +154,9 @@ async def serve(config: Any, *, chain_for: Callable | None = None) -> int:
         return EXIT_BOOT_ERROR
     except ssl.SSLError as exc:
         print(f"fastws: TLS certificate or key unusable: {exc}", file=sys.stderr)
+        return EXIT_BOOT_ERROR
+    except ConfigError as exc:
+        print(f"fastws: {exc}", file=sys.stderr)
         return EXIT_BOOT_ERROR
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, worker.stop)

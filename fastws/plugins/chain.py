@@ -1,0 +1,144 @@
+"""Handler chains: per phase, the plugins that define it, highest priority first.
+
+A ``Chain`` is built once per route and config (global plugins plus the
+service's) -- Kong's ``plugins_iterator``: a plugin is in a phase's list only if
+it defines that phase, so an empty list keeps that direction in passthrough.
+``Chain.bind(ws)`` gives the per-connection object the session and the proxy
+call: ``has(phase)``, ``run(phase, frame)``, ``run_handshake()``, ``run_close()``.
+
+Handlers may be ``async def``: ``run`` then returns an awaitable that finishes
+the chain, and the direction waits for it (the order of messages is kept).
+
+A handler that raises is reported as ``HandlerError`` naming the plugin and
+the phase; the session answers it with 1011 on both sides.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Awaitable
+
+from ..errors import FastWSError
+from ..pdk import Rejected, WebSocket, _current
+from . import PHASES
+
+__all__ = ["Chain", "BoundChain", "HandlerError"]
+
+log = logging.getLogger("fastws.plugins")
+
+
+class HandlerError(FastWSError):
+    """A plugin handler raised: ``plugin`` and ``phase`` say which, ``__cause__`` what."""
+
+    def __init__(self, plugin: str, phase: str, exc: BaseException) -> None:
+        super().__init__(f"plugin {plugin!r} raised in {phase}: {type(exc).__name__}: {exc}")
+        self.plugin, self.phase = plugin, phase
+
+
+class Chain:
+    """The handler lists of one route, built once per config."""
+
+    def __init__(self, plugins: list[Any]) -> None:
+        # sorted() is stable: equal priorities keep config order (global ones first).
+        self.plugins = sorted(plugins, key=lambda plugin: -getattr(plugin, "priority", 0))
+        self.handlers: dict[str, list[tuple[int, str, Any]]] = {}
+        for phase in PHASES:
+            self.handlers[phase] = [
+                (index, getattr(plugin, "name", type(plugin).__name__), getattr(plugin, phase))
+                for index, plugin in enumerate(self.plugins)
+                if callable(getattr(plugin, phase, None))
+            ]
+
+    def has(self, phase: str) -> bool:
+        return bool(self.handlers[phase])
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.handlers.values())
+
+    def bind(self, ws: WebSocket) -> "BoundChain":
+        return BoundChain(self, ws)
+
+
+class BoundChain:
+    """A chain bound to one connection's PDK object."""
+
+    __slots__ = ("chain", "ws", "ctxs")
+
+    def __init__(self, chain: Chain, ws: WebSocket) -> None:
+        self.chain = chain
+        self.ws = ws
+        self.ctxs = [{} for _ in chain.plugins]     # ws.ctx: one dict per plugin
+
+    def has(self, phase: str) -> bool:
+        return self.chain.has(phase)
+
+    def run(self, phase: str, frame: Any) -> Awaitable | None:
+        """Run ``phase``'s handlers on ``frame``; an awaitable if one of them is async."""
+        self.ws._frame = frame
+        return self._run(phase, frame, 0)
+
+    def _run(self, phase: str, frame: Any, start: int) -> Awaitable | None:
+        ws = self.ws
+        handlers = self.chain.handlers[phase]
+        token = _current.set(ws)
+        try:
+            for position in range(start, len(handlers)):
+                index, name, handler = handlers[position]
+                ws.phase = phase
+                ws.ctx = self.ctxs[index]
+                try:
+                    result = handler(ws)
+                except Rejected:
+                    raise                   # ws.reject(): an answer, not a failure
+                except Exception as exc:
+                    raise HandlerError(name, phase, exc) from exc
+                if inspect.isawaitable(result):
+                    return self._run_async(phase, frame, position, name, result)
+                if frame is not None and (frame.dropped or frame.close_args is not None):
+                    break           # drop_frame() and close() skip the later handlers
+        finally:
+            ws.phase = None
+            _current.reset(token)
+        return None
+
+    async def _run_async(self, phase: str, frame: Any, position: int, name: str, pending: Awaitable) -> None:
+        ws = self.ws
+        token = _current.set(ws)
+        ws.phase = phase
+        try:
+            await pending
+        except Rejected:
+            raise
+        except Exception as exc:
+            raise HandlerError(name, phase, exc) from exc
+        finally:
+            ws.phase = None
+            _current.reset(token)
+        if frame is not None and (frame.dropped or frame.close_args is not None):
+            return
+        rest = self._run(phase, frame, position + 1)
+        if rest is not None:
+            await rest
+
+    def run_handshake(self) -> Awaitable | None:
+        """ws_handshake: may raise ``pdk.Rejected`` (ws.reject) or ``HandlerError``."""
+        return self._run("ws_handshake", None, 0)
+
+    def run_close(self) -> Awaitable | None:
+        """ws_close, once per connection, for logging: errors are logged, never raised."""
+        try:
+            result = self._run("ws_close", None, 0)
+        except HandlerError as exc:
+            log.error("%s", exc, exc_info=exc.__cause__)
+            return None
+        if result is None:
+            return None
+
+        async def logged():
+            try:
+                await result
+            except HandlerError as exc:
+                log.error("%s", exc, exc_info=exc.__cause__)
+        return logged()
