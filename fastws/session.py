@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Callable
 
-from .codec import EV_CLOSE, EV_DATA, EV_NONE, EV_PING, EV_PONG, FrameParser, FrameWriter
+from .codec import EV_CLOSE, EV_DATA, EV_NONE, EV_PING, EV_PONG, FrameParser, FrameWriter, mask_inplace
 from .errors import PDKError, ProtocolError
 from .frames import CloseCode, Opcode
 
@@ -58,24 +58,47 @@ class Side(enum.IntEnum):
 
 
 class InFlight:
-    """The frame in the handler chain (inspect mode): what the PDK reads and edits."""
+    """The frame in the handler chain (inspect mode): what the PDK reads and edits.
 
-    __slots__ = ("opcode", "data", "status", "dropped", "close_args", "close_code", "close_reason")
+    Its payload stays where it arrived -- ``view``: a view of the read buffer, or the
+    bytearray a fragmented message was gathered in -- until a handler reads it:
+    ``data`` makes ``bytes`` of it once.  A message no handler changed is forwarded
+    from ``view`` (re-masked in place towards the upstream), not copied.
+    """
 
-    def __init__(self, opcode: int, data: bytes, status: int | None = None) -> None:
+    __slots__ = ("opcode", "_data", "view", "status", "dropped", "close_args", "close_code",
+                 "close_reason")
+
+    def __init__(self, opcode: int, data: bytes | None, status: int | None = None,
+                 view: memoryview | bytearray | None = None) -> None:
         self.opcode = opcode
-        self.data = data
+        self._data = data
+        self.view = view
         self.status = status
         self.dropped = False
         self.close_args: tuple | None = None   # (status, message, peer_status, peer_message)
         self.close_code = status               # a close frame as received, for the session
         self.close_reason = ""
 
-    def get_data(self) -> bytes:
-        return self.data
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = bytes(self.view)       # the one copy, when a handler asks
+        return self._data
 
-    def set_data(self, data: bytes) -> None:
-        self.data = data
+    @data.setter
+    def data(self, data: bytes) -> None:
+        self._data = bytes(data)
+        self.view = None                        # changed: forward the new bytes
+
+    get_data = data.fget
+    set_data = data.fset
+
+    def detach(self) -> None:
+        """Stop borrowing the read buffer (before a handler awaits: the buffer moves on)."""
+        if isinstance(self.view, memoryview):
+            self._data = self.data
+            self.view = None
 
 
 class _Half:
@@ -338,8 +361,10 @@ class Session:
                 return parser.offset
             if event == EV_DATA:
                 if parser.message_finished and src.agg is None:
-                    data = parser.payload()         # one frame, one chunk: no aggregation
-                    opcode = parser.message_opcode
+                    # One frame in one read: the payload stays in the read buffer (unmasked
+                    # in place) unless a handler asks for it.
+                    frame = InFlight(parser.message_opcode, None,
+                                     view=buffer[parser.payload_start:parser.payload_end])
                 else:
                     if src.agg is None:
                         src.agg = bytearray()
@@ -347,9 +372,8 @@ class Session:
                     src.agg += buffer[parser.payload_start:parser.payload_end]
                     if not parser.message_finished:
                         continue
-                    data, opcode = bytes(src.agg), src.agg_opcode
+                    frame = InFlight(src.agg_opcode, None, view=src.agg)
                     src.agg = None
-                frame = InFlight(opcode, data)
             elif event == EV_CLOSE:
                 frame = InFlight(Opcode.CLOSE, parser.close_reason.encode(), parser.close_code)
                 frame.close_reason = parser.close_reason
@@ -364,6 +388,7 @@ class Session:
                 return end
             if outcome is not True:
                 # An async handler: this direction waits for it (resume() goes on).
+                frame.detach()
                 src.waiting = (outcome, frame)
                 self.attention = True
                 parser.release()
@@ -383,8 +408,23 @@ class Session:
             self._close_received(src, dst, frame.close_code, frame.close_reason, raw, now)
             return False
         if not frame.dropped:
-            self._forward_bytes(dst, dst.writer.frame(frame.opcode, frame.data))
+            self._forward_frame(dst, frame)
         return True
+
+    def _forward_frame(self, dst: _Half, frame: InFlight) -> None:
+        """One header, then the payload where it is (masked in place towards the upstream)."""
+        if dst.close_sent or dst.eof:
+            return
+        writer = dst.writer
+        if frame.view is None:
+            dst.out.append(writer.frame(frame.opcode, frame.data))
+        elif writer.mask:
+            key = writer.new_mask_key()
+            mask_inplace(frame.view, key)
+            dst.out += (writer.header(frame.opcode, len(frame.view), mask_key=key), frame.view)
+        else:
+            dst.out += (writer.header(frame.opcode, len(frame.view)), frame.view)
+        self.last_activity = self._now
 
     def resume(self, side: Side, exc: BaseException | None, now: float) -> None:
         """The async handler that held ``side``'s direction finished (``exc``: it raised).
@@ -498,11 +538,6 @@ class Session:
     def _forward(self, dst: _Half, buffer, start: int, stop: int) -> None:
         if stop > start and not dst.close_sent and not dst.eof:
             dst.out.append(buffer[start:stop])
-            self.last_activity = self._now
-
-    def _forward_bytes(self, dst: _Half, data: bytes) -> None:
-        if not dst.close_sent and not dst.eof:
-            dst.out.append(data)
             self.last_activity = self._now
 
     def _at_boundary(self, dst: _Half) -> bool:
