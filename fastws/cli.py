@@ -60,10 +60,20 @@ def setup_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["check"]:
-        from .config import check_main
+        from .config import check_main, load_config
+        from .worker import build_chains
 
         if len(argv) != 2:
             print("usage: fastws check FILE", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            config = load_config(argv[1])
+        except ConfigError:
+            return check_main(argv[1])          # it reports the file's own error
+        try:
+            build_chains(config)                # every plugin loads and its config checks out
+        except ConfigError as exc:
+            print(f"fastws: {argv[1]}: {exc}", file=sys.stderr)
             return EXIT_USAGE
         return check_main(argv[1])
 
