@@ -155,17 +155,24 @@ class Direction:
 
         The frame in flight is not forwarded and later handlers are skipped.
         Phases: this direction's frame phase.
-        Parameters: codes default to 1000; messages to none.
-        Raises: PDKError for a code that may not be sent or a message over 123 bytes.
+        Parameters: a status left out (None) sends a close frame with no code, as in Kong;
+            messages default to none.
+        Raises: PDKError for a code that may not be sent, a message over 123 bytes, or a
+            message without a status.
         Usage: ``ws.client.close(1008, "policy", 1001)``
         """
         frame = self._frame("close")
-        pairs = []
+        pairs: list = []
         for code, text in ((status, message), (peer_status, peer_message)):
-            code = CloseCode.NORMAL_CLOSURE if code is None else code
-            if not isinstance(code, int) or not close_code_is_valid(code):
-                raise PDKError(f"ws.{self._name}.close: {code!r} is not a close code that may be sent")
             reason = _as_bytes(text or b"", f"ws.{self._name}.close")
+            if code is None:
+                # As in Kong: no status, a close frame with an empty payload.
+                if reason:
+                    raise PDKError(f"ws.{self._name}.close: a close message needs a status")
+                pairs += [None, ""]
+                continue
+            if not isinstance(code, int) or isinstance(code, bool) or not close_code_is_valid(code):
+                raise PDKError(f"ws.{self._name}.close: {code!r} is not a close code that may be sent")
             if len(reason) > MAX_CONTROL_PAYLOAD - 2 or not validate_utf8(reason):
                 raise PDKError(f"ws.{self._name}.close: a close message is UTF-8 of at most 123 bytes")
             pairs += [int(code), reason.decode("utf-8")]

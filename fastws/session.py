@@ -643,5 +643,6 @@ class Session:
         self.closed_by = self.closed_by or "proxy"
         self.close_cause = self.close_cause or "handler close"
         dst = src.peer
-        self._send_close(src, status or CloseCode.NORMAL_CLOSURE, message or "", now)
-        self._send_close(dst, peer_status or CloseCode.NORMAL_CLOSURE, peer_message or "", now)
+        # A status of None is a close frame with no code (an empty payload).
+        self._send_close(src, status, message or "", now)
+        self._send_close(dst, peer_status, peer_message or "", now)
