@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             build_chains(config)                # every plugin loads and its config checks out
         except ConfigError as exc:
-            print(f"fastws: {argv[1]}: {exc}", file=sys.stderr)
+            print(f"fastws: {exc}", file=sys.stderr)
             return EXIT_USAGE
         return check_main(argv[1])
 
@@ -88,18 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fastws: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from .worker import build_chains
+    from .worker import build_chains, chain_for_services, run
 
-    try:
-        build_chains(config)        # load and check every plugin before listening
-    except ConfigError as exc:
-        print(f"fastws: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    setup_logging(config.log_level)
     if config.workers > 1:
         print("fastws: --workers above 1 needs the master process, which is not built yet; "
               "run with --workers 1", file=sys.stderr)
         return EXIT_USAGE
-    from .worker import run
-
-    return run(config)
+    try:
+        chains = build_chains(config)   # load and check every plugin before listening
+    except ConfigError as exc:
+        print(f"fastws: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(config.log_level)
+    if config.echo:
+        # The echo service is made by the worker: it gets the global plugins there.
+        return run(config)
+    return run(config, chain_for=chain_for_services(chains))

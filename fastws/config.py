@@ -515,8 +515,8 @@ PLUGIN_FIELDS: list[Setting] = [
         schema=_NAME_SCHEMA, required=True,
     ),
     Setting(
-        "config", dict, {}, "The plugin's own settings, checked by the plugin's schema when "
-        "the workers load it (not by `fastws check`).",
+        "config", dict, {}, "The plugin's own settings, checked by the plugin's schema at "
+        "start-up and by `fastws check`.",
         schema={"type": ["object", "null"]},
     ),
     Setting("enabled", bool, True, "`false` keeps the entry in the file but does not run it.",

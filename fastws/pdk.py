@@ -26,7 +26,7 @@ from .codec import validate_utf8
 from .errors import PDKError
 from .frames import MAX_CONTROL_PAYLOAD, CloseCode, Opcode, close_code_is_valid
 
-__all__ = ["WebSocket", "Direction", "websocket", "PDKError", "MAX_PAYLOAD_LIMIT"]
+__all__ = ["WebSocket", "Connection", "Direction", "websocket", "PDKError", "MAX_PAYLOAD_LIMIT"]
 
 #: SPEC section 4: a side's message limit is at most 32 MiB.
 MAX_PAYLOAD_LIMIT = 32 * 1024 * 1024
@@ -57,14 +57,13 @@ def _as_bytes(data: Any, what: str) -> bytes:
 class Direction:
     """``ws.client`` or ``ws.upstream``: the frames coming from that side."""
 
-    __slots__ = ("_ws", "_side", "_phase", "_name", "_limit")
+    __slots__ = ("_ws", "_side", "_phase", "_name")
 
     def __init__(self, ws: "WebSocket", side: int, phase: str, name: str) -> None:
         self._ws = ws
         self._side = side          # 0: client, 1: upstream (fastws.session.Side)
         self._phase = phase        # the frame phase of this direction
         self._name = name
-        self._limit = 0            # set_max_payload_size, 0: the configured default
 
     def _check(self, function: str, phases: tuple[str, ...]) -> None:
         current = self._ws.phase
@@ -74,7 +73,7 @@ class Direction:
 
     def _frame(self, function: str):
         self._check(function, (self._phase,))
-        return self._ws._frame
+        return self._ws._conn.frames[self._side]
 
     # -- Kong's functions -------------------------------------------------------------
 
@@ -104,6 +103,9 @@ class Direction:
         frame = self._frame("set_frame_data")
         payload = _as_bytes(data, f"ws.{self._name}.set_frame_data")
         if frame.opcode == Opcode.CLOSE:
+            if payload and frame.status in (None, CloseCode.NO_STATUS_RCVD):
+                raise PDKError(f"ws.{self._name}.set_frame_data: this close frame has no status, so it "
+                               f"cannot carry a reason; call set_status() first")
             if len(payload) > MAX_CONTROL_PAYLOAD - 2:
                 raise PDKError(f"ws.{self._name}.set_frame_data: a close reason carries at most 123 bytes, "
                                f"got {len(payload)}")
@@ -189,7 +191,7 @@ class Direction:
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_PAYLOAD_LIMIT:
             raise PDKError(f"ws.{self._name}.set_max_payload_size: size must be an int from 0 to "
                            f"{MAX_PAYLOAD_LIMIT}, got {size!r}")
-        self._limit = size
+        self._ws._conn.limits[self._side] = size
 
     # -- beyond Kong ------------------------------------------------------------------------
 
@@ -214,26 +216,86 @@ class Direction:
         self._ws._send(self._side, opcode, payload)
 
 
-class WebSocket:
-    """The PDK object of one connection (``ws`` in every handler)."""
+class Connection:
+    """What the handlers of one connection share: the request, the frames in flight, limits."""
 
-    def __init__(self, request: Any = None, client_address: tuple | None = None) -> None:
+    __slots__ = ("request", "client_address", "shared", "stats", "session", "frames", "limits")
+
+    def __init__(self, request: Any, client_address: tuple | None) -> None:
         self.request = request
         self.client_address = client_address
-        self.client = Direction(self, 0, "ws_client_frame", "client")
-        self.upstream = Direction(self, 1, "ws_upstream_frame", "upstream")
-        self.ctx: dict = {}
         self.shared: dict = {}
         self.stats: Any = None
-        self.phase: str | None = None
         self.session: Any = None            # fastws.session.Session, once the connection is open
-        self._frame: Any = None
+        self.frames: list = [None, None]    # the frame in flight from the client / the upstream
+        self.limits: list = [0, 0]          # set_max_payload_size per side, 0: configured default
+
+
+class WebSocket:
+    """``ws``: a handler's view of its connection.
+
+    There is one view per plugin and per direction (and one for the handshake and
+    close phases): each carries that plugin's ``ctx`` and the phase its handler runs
+    in, so an async handler of the client direction and one of the upstream direction
+    never see each other's phase, frame or ``ctx``.  What they share -- request, frames,
+    ``shared``, stats -- lives in one ``Connection``.
+    """
+
+    __slots__ = ("_conn", "ctx", "phase", "client", "upstream")
+
+    def __init__(self, request: Any = None, client_address: tuple | None = None, *,
+                 connection: Connection | None = None, ctx: dict | None = None) -> None:
+        self._conn = connection if connection is not None else Connection(request, client_address)
+        self.ctx: dict = {} if ctx is None else ctx
+        self.phase: str | None = None
+        self.client = Direction(self, 0, "ws_client_frame", "client")
+        self.upstream = Direction(self, 1, "ws_upstream_frame", "upstream")
+
+    def view(self, ctx: dict) -> "WebSocket":
+        """Another view of the same connection, with its own ``ctx`` and phase."""
+        return WebSocket(connection=self._conn, ctx=ctx)
+
+    @property
+    def request(self) -> Any:
+        """The client's handshake: method, path, query, headers, and ``client_address``."""
+        return self._conn.request
+
+    @property
+    def client_address(self) -> tuple | None:
+        return self._conn.client_address
+
+    @property
+    def shared(self) -> dict:
+        return self._conn.shared
+
+    @property
+    def stats(self) -> Any:
+        return self._conn.stats
+
+    @stats.setter
+    def stats(self, stats: Any) -> None:
+        self._conn.stats = stats
+
+    @property
+    def session(self) -> Any:
+        return self._conn.session
+
+    @session.setter
+    def session(self, session: Any) -> None:
+        self._conn.session = session
+
+    def payload_limit(self, side: int) -> int:
+        """What set_max_payload_size() asked for that side (0: the configured default)."""
+        return self._conn.limits[side]
 
     def reject(self, status: int, body: bytes | str = b"", headers: list | dict | None = None) -> None:
         """Refuse the upgrade with an HTTP answer; the rest of the handshake phase is skipped.
 
         Phases: ws_handshake.
-        Raises: PDKError for a status outside 400..599.
+        Parameters: status -- 400..599; body -- bytes or str; headers -- a dict or a list
+            of (name, value) strings.
+        Raises: PDKError for a status outside 400..599, or a header that is not a pair of
+            strings or holds CR, LF or NUL.
         Usage: ``ws.reject(403, "forbidden")``
         """
         if self.phase != "ws_handshake":
@@ -241,17 +303,25 @@ class WebSocket:
         if not isinstance(status, int) or not 400 <= status <= 599:
             raise PDKError(f"ws.reject: status must be an HTTP error status (400..599), got {status!r}")
         items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+        for item in items:
+            if (not isinstance(item, tuple) or len(item) != 2
+                    or not all(isinstance(part, str) for part in item)
+                    or any(ch in part for part in item for ch in "\r\n\0")):
+                raise PDKError(f"ws.reject: headers must be (name, value) strings without CR, LF or NUL, "
+                               f"got {item!r}")
         raise Rejected(status, _as_bytes(body, "ws.reject"), items)
 
     def _session_limit(self, side: int) -> int:
-        if self.session is None:
+        session = self._conn.session
+        if session is None:
             return 0
-        return self.session.halves[side].parser.max_message_size
+        return session.halves[side].parser.max_message_size
 
     def _send(self, side: int, opcode: int, payload: bytes) -> None:
-        if self.session is None:
+        session = self._conn.session
+        if session is None:
             raise PDKError("send: the connection is not open")
-        self.session.send(side, opcode, payload)
+        session.send(side, opcode, payload)
 
 
 class _Current:

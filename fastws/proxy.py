@@ -395,7 +395,9 @@ class _Link:
         stats.route = match.route.name
         stats.service = match.service.name
         service = match.service
-        hs.validate_upgrade(request)
+        # SPEC section 3: ws_handshake handlers run first (they may reject, or set
+        # limits), then the upgrade itself is validated.
+        request.client_address = self.client_addr
         chain = server.chain_for(match) if server.chain_for is not None else None
         if chain is not None and hasattr(chain, "bind"):
             # A plugin chain (fastws.plugins.chain.Chain): bind it to this connection's PDK.
@@ -405,15 +407,20 @@ class _Link:
                 try:
                     pending = chain.run_handshake()
                     if pending is not None:
-                        await pending
+                        # An async handshake handler counts against handshake_timeout too.
+                        await asyncio.wait_for(pending, server.config.handshake_timeout)
                 except Rejected as rejection:
                     self._reply(rejection.status, hs.build_response(
                         rejection.status, "", rejection.headers, rejection.body), "rejected by a plugin")
                     return
+                except asyncio.TimeoutError:
+                    log.error("ws_handshake handlers did not finish within handshake_timeout")
+                    raise hs.HandshakeError(500, "Internal Server Error") from None
                 except Exception as exc:        # HandlerError: a plugin bug
                     self._handler_error(exc, "ws_handshake")
                     raise hs.HandshakeError(500, "Internal Server Error") from None
         self.chain = chain
+        hs.validate_upgrade(request)
 
         stats.upstream = service.url
         key = hs.new_key()
@@ -490,8 +497,8 @@ class _Link:
             self.client.handshake_timer.cancel()
         ws = self.ws
         # set_max_payload_size() in ws_handshake: 0 (unset) keeps the configured limit.
-        client_limit = (ws.client._limit if ws is not None else 0) or server.client_max_payload
-        upstream_limit = (ws.upstream._limit if ws is not None else 0) or server.upstream_max_payload
+        client_limit = (ws.payload_limit(Side.CLIENT) if ws is not None else 0) or server.client_max_payload
+        upstream_limit = (ws.payload_limit(Side.UPSTREAM) if ws is not None else 0) or server.upstream_max_payload
         self.session = Session(
             client_max_payload=client_limit,
             upstream_max_payload=upstream_limit,

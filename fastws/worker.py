@@ -38,10 +38,25 @@ def build_chains(config: Any, services: list | None = None) -> dict[str, Any]:
     from .plugins import create
     from .plugins.chain import Chain
 
-    global_plugins = [(spec.name, create(spec.name, spec.config)) for spec in config.plugins if spec.enabled]
+    source = f"{config.source}: " if getattr(config, "source", None) else ""
+
+    def build(specs, where: str) -> list:
+        plugins = []
+        for index, spec in enumerate(specs):
+            if not spec.enabled:
+                continue
+            try:
+                plugins.append((spec.name, create(spec.name, spec.config)))
+            except ConfigError as exc:
+                # Name the file and the entry, as every other config error does.
+                raise ConfigError(f"{source}{where}[{index}]: {exc}") from None
+        return plugins
+
+    global_plugins = build(config.plugins, "plugins")
     chains: dict[str, Any] = {}
-    for service in (config.services if services is None else services):
-        own = [(spec.name, create(spec.name, spec.config)) for spec in service.plugins if spec.enabled]
+    service_list = config.services if services is None else services
+    for number, service in enumerate(service_list):
+        own = build(service.plugins, f"services[{number}].plugins")
         names = {name for name, _ in own}
         chain = Chain([plugin for name, plugin in global_plugins if name not in names]
                       + [plugin for _, plugin in own])
@@ -86,10 +101,7 @@ class Worker:
             services = [upstream_service(f"ws://127.0.0.1:{port}/", name="echo")]
         chain_for = self.chain_for
         if chain_for is None:
-            chains = build_chains(config, services)
-            if any(chain is not None for chain in chains.values()):
-                def chain_for(match, chains=chains):
-                    return chains.get(match.service.name)
+            chain_for = chain_for_services(build_chains(config, services))
         access_log = None
         if config.access_log:
             stream = sys.stdout if config.access_log == "-" else open(config.access_log, "a", buffering=1)
@@ -110,7 +122,7 @@ class Worker:
         where = ", ".join(_format_listen(item) for item in config.listen)
         if config.echo:
             log.info("fastws listening on %s, proxying to the built-in echo upstream "
-                     "(no --upstream or --config given)", where)
+                     "(no upstream configured)", where)
         else:
             log.info("fastws listening on %s, %d service(s)", where, len(services))
 
@@ -163,6 +175,13 @@ async def serve(config: Any, *, chain_for: Callable | None = None) -> int:
     loop.add_signal_handler(signal.SIGINT, worker.stop, min(config.graceful_timeout, 2.0))
     await worker.wait_stopped()
     return EXIT_OK
+
+
+def chain_for_services(chains: dict[str, Any]) -> Callable | None:
+    """``chain_for`` over chains built by ``build_chains`` (None when no service has plugins)."""
+    if not any(chain is not None for chain in chains.values()):
+        return None
+    return lambda match: chains.get(match.service.name)
 
 
 def run(config: Any, *, chain_for: Callable | None = None) -> int:

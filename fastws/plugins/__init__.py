@@ -76,7 +76,9 @@ def load_class(name: str) -> type:
     except Exception as exc:  # ImportError, or the module itself failing
         raise ConfigError(f"plugin {name!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     try:
-        cls = getattr(module, class_name)
+        cls = module
+        for part in class_name.split("."):     # module:Outer.Inner
+            cls = getattr(cls, part)
     except AttributeError:
         raise ConfigError(f"plugin {name!r}: module {module_name!r} has no {class_name!r}") from None
     if not isinstance(cls, type):

@@ -62,51 +62,62 @@ class Chain:
 
 
 class BoundChain:
-    """A chain bound to one connection's PDK object."""
+    """A chain bound to one connection: each plugin gets its own ``ws`` view per direction."""
 
-    __slots__ = ("chain", "ws", "ctxs")
+    __slots__ = ("chain", "ws", "ctxs", "views")
+
+    # Which view a phase uses: handshake and close share one (they never overlap).
+    SLOTS = {"ws_handshake": 0, "ws_close": 0, "ws_client_frame": 1, "ws_upstream_frame": 2}
 
     def __init__(self, chain: Chain, ws: WebSocket) -> None:
         self.chain = chain
         self.ws = ws
         self.ctxs = [{} for _ in chain.plugins]     # ws.ctx: one dict per plugin
+        self.views: dict[tuple[int, int], WebSocket] = {}
 
     def has(self, phase: str) -> bool:
         return self.chain.has(phase)
 
+    def _view(self, index: int, slot: int) -> WebSocket:
+        view = self.views.get((index, slot))
+        if view is None:
+            view = self.views[(index, slot)] = self.ws.view(self.ctxs[index])
+        return view
+
     def run(self, phase: str, frame: Any) -> Awaitable | None:
         """Run ``phase``'s handlers on ``frame``; an awaitable if one of them is async."""
-        self.ws._frame = frame
+        self.ws._conn.frames[0 if phase == "ws_client_frame" else 1] = frame
         return self._run(phase, frame, 0)
 
     def _run(self, phase: str, frame: Any, start: int) -> Awaitable | None:
-        ws = self.ws
         handlers = self.chain.handlers[phase]
-        token = _current.set(ws)
-        try:
-            for position in range(start, len(handlers)):
-                index, name, handler = handlers[position]
-                ws.phase = phase
-                ws.ctx = self.ctxs[index]
-                try:
-                    result = handler(ws)
-                except Rejected:
-                    raise                   # ws.reject(): an answer, not a failure
-                except Exception as exc:
-                    raise HandlerError(name, phase, exc) from exc
-                if inspect.isawaitable(result):
-                    return self._run_async(phase, frame, position, name, result)
-                if frame is not None and (frame.dropped or frame.close_args is not None):
-                    break           # drop_frame() and close() skip the later handlers
-        finally:
-            ws.phase = None
-            _current.reset(token)
+        slot = self.SLOTS[phase]
+        for position in range(start, len(handlers)):
+            index, name, handler = handlers[position]
+            ws = self._view(index, slot)
+            ws.phase = phase
+            token = _current.set(ws)
+            try:
+                result = handler(ws)
+            except Rejected:
+                raise                       # ws.reject(): an answer, not a failure
+            except Exception as exc:
+                raise HandlerError(name, phase, exc) from exc
+            finally:
+                _current.reset(token)
+                ws.phase = None
+            if inspect.isawaitable(result):
+                return self._run_async(phase, frame, position, ws, name, result)
+            if frame is not None and (frame.dropped or frame.close_args is not None):
+                break           # drop_frame() and close() skip the later handlers
         return None
 
-    async def _run_async(self, phase: str, frame: Any, position: int, name: str, pending: Awaitable) -> None:
-        ws = self.ws
-        token = _current.set(ws)
+    async def _run_async(self, phase: str, frame: Any, position: int, ws: WebSocket, name: str,
+                         pending: Awaitable) -> None:
+        # The handler's view keeps its phase while it awaits: this direction waits for
+        # it, and the other direction uses other views.
         ws.phase = phase
+        token = _current.set(ws)
         try:
             await pending
         except Rejected:
@@ -114,8 +125,8 @@ class BoundChain:
         except Exception as exc:
             raise HandlerError(name, phase, exc) from exc
         finally:
-            ws.phase = None
             _current.reset(token)
+            ws.phase = None
         if frame is not None and (frame.dropped or frame.close_args is not None):
             return
         rest = self._run(phase, frame, position + 1)

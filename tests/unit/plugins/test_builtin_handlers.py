@@ -66,9 +66,9 @@ class TestSizeLimit:
     ])
     def test_sets_limits_at_handshake(self, raw, client, upstream):
         chain, ws = bind(create("size-limit", raw))
-        assert (ws.client._limit, ws.upstream._limit) == (0, 0)
+        assert (ws.payload_limit(0), ws.payload_limit(1)) == (0, 0)
         assert chain.run_handshake() is None
-        assert (ws.client._limit, ws.upstream._limit) == (client, upstream)
+        assert (ws.payload_limit(0), ws.payload_limit(1)) == (client, upstream)
 
     def test_only_the_handshake_phase(self):
         # No frame phase: both directions stay in passthrough.
@@ -81,7 +81,7 @@ class TestSizeLimit:
                                                        "ws.upstream.set_max_payload_size(200)"]})
         chain, ws = bind(create("size-limit", {"client_max_payload": 4096}), pre)
         chain.run_handshake()
-        assert (ws.client._limit, ws.upstream._limit) == (4096, 200)
+        assert (ws.payload_limit(0), ws.payload_limit(1)) == (4096, 200)
 
 
 # -- validator --------------------------------------------------------------------------
@@ -319,7 +319,7 @@ class TestFunctions:
         ws = WebSocket(request="/chat")
         chain = Chain([plugin]).bind(ws)
         chain.run_handshake()
-        assert (ws.shared["path"], ws.upstream._limit, ws.client._limit) == ("/chat", 1234, 0)
+        assert (ws.shared["path"], ws.payload_limit(1), ws.payload_limit(0)) == ("/chat", 1234, 0)
 
     def test_handshake_reject(self, name):
         plugin = create(name, {"ws_handshake": ["ws.reject(403, 'forbidden', {'X-Why': 'policy'})",
