@@ -48,7 +48,11 @@ class Rejected(Exception):
 
 def _as_bytes(data: Any, what: str) -> bytes:
     if isinstance(data, str):
-        return data.encode("utf-8")
+        try:
+            return data.encode("utf-8")
+        except UnicodeEncodeError as exc:      # a lone surrogate
+            raise PDKError(f"{what}: the str is not valid Unicode ({exc.reason} at index {exc.start}), "
+                           f"so it cannot go out as UTF-8") from None
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     raise PDKError(f"{what}: data must be bytes or str, got {type(data).__name__}")
@@ -219,7 +223,7 @@ class Direction:
 class Connection:
     """What the handlers of one connection share: the request, the frames in flight, limits."""
 
-    __slots__ = ("request", "client_address", "shared", "stats", "session", "frames", "limits")
+    __slots__ = ("request", "client_address", "shared", "stats", "session", "frames", "limits", "wakeup")
 
     def __init__(self, request: Any, client_address: tuple | None) -> None:
         self.request = request
@@ -229,6 +233,9 @@ class Connection:
         self.session: Any = None            # fastws.session.Session, once the connection is open
         self.frames: list = [None, None]    # the frame in flight from the client / the upstream
         self.limits: list = [0, 0]          # set_max_payload_size per side, 0: configured default
+        # Called after send(): the proxy writes what is queued even while an async
+        # handler holds a direction (no read or timer would otherwise flush it).
+        self.wakeup: Any = None
 
 
 class WebSocket:
@@ -322,6 +329,8 @@ class WebSocket:
         if session is None:
             raise PDKError("send: the connection is not open")
         session.send(side, opcode, payload)
+        if self._conn.wakeup is not None:
+            self._conn.wakeup()
 
 
 class _Current:

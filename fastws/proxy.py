@@ -358,6 +358,7 @@ class _Link:
         self.chain = None                   # the route's handler chain, bound to this connection
         self.ws: WebSocket | None = None    # the PDK object plugins see
         self.waiting_tasks: dict[int, asyncio.Task] = {}
+        self.wake_scheduled = False
 
     # -- handshake ----------------------------------------------------------------------------
 
@@ -513,6 +514,7 @@ class _Link:
         )
         if ws is not None:
             ws.session = self.session
+            ws._conn.wakeup = self._wake
         self.stats.status = 101
         server.handshake_done(101)
         self.client.transport.write(hs.build_switching_protocols(request, response))
@@ -540,6 +542,22 @@ class _Link:
         # HandlerError names the plugin and the phase; the traceback is its cause's.
         log.error("%s", exc, exc_info=exc.__cause__ or exc)
         self.server.handler_errors += 1
+
+    def _wake(self) -> None:
+        """A handler queued a message (PDK send): write it soon, even if no read comes."""
+        if not self.wake_scheduled:
+            self.wake_scheduled = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self.wake_scheduled = False
+        if self.finished or self.session is None or not self.session.attention:
+            return
+        try:
+            self._after_session()
+        except Exception:
+            log.exception("internal error writing a plugin's message; closing the connection with 1011")
+            self._internal_error()
 
     def _await_handler(self, endpoint: "_Endpoint", pending) -> None:
         """An async handler holds ``endpoint``'s direction: stop reading it until it is done."""
