@@ -191,7 +191,6 @@ class Session:
         self.idle_timeout = idle_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self.started = now
         # The last time anything was relayed between the sides (idle_timeout counts
         # from it); fastws's own keepalive pings and their pongs do not count.
         self.last_activity = now
