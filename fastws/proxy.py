@@ -364,16 +364,9 @@ class _Link:
 
     def reject(self, exc: hs.HandshakeError) -> None:
         """Answer the client with an HTTP error and close (SPEC section 3)."""
-        if self.stats is not None:
-            self.stats.status = exc.status
-            self.stats.cause = exc.reason
-        self.server.handshake_done(exc.status)
-        if not self.client.closed:
-            self.client.transport.write(exc.response())
-            self.client.close()
         if self.upstream is not None:
             self.upstream.close(abort=True)
-        self._finish()
+        self._reply(exc.status, exc.response(), exc.reason)
 
     async def open(self, request) -> None:
         try:
@@ -463,13 +456,9 @@ class _Link:
             raise hs.HandshakeError(504, "Gateway Timeout: upstream did not answer the upgrade") from None
         if response.status != 101:
             # SPEC section 3: the upstream's status, headers and body go to the client.
-            stats.status = response.status
-            self.server.handshake_done(response.status)
-            self.client.transport.write(hs.build_response(
-                response.status, response.reason, response.headers, response.body))
-            self.client.close()
             upstream.close()
-            self._finish()
+            self._reply(response.status, hs.build_response(
+                response.status, response.reason, response.headers, response.body), None)
             return
         try:
             hs.check_upstream_response(request, response, key)
@@ -481,10 +470,11 @@ class _Link:
             raise
         self._start_relay(request, response)
 
-    def _reply(self, status: int, response: bytes, cause: str) -> None:
+    def _reply(self, status: int, response: bytes, cause: str | None) -> None:
         """Answer the client with a whole HTTP response and close (no WebSocket)."""
-        self.stats.status = status
-        self.stats.cause = cause
+        if self.stats is not None:
+            self.stats.status = status
+            self.stats.cause = cause or self.stats.cause
         self.server.handshake_done(status)
         if not self.client.closed:
             self.client.transport.write(response)
