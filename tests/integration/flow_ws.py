@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 from fastws.codec import FrameWriter, apply_mask, build_close_payload
 
+from .conftest import run
+
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 DEFAULT_TIMEOUT = 5.0
@@ -434,3 +436,18 @@ class NullChain:
 def inspect_chain(match) -> NullChain:
     """``chain_for`` for start_proxy: every route relays both directions in inspect mode."""
     return NullChain()
+
+
+def through(start_proxy, body, timeout: float = 20.0, **proxy_kwargs):
+    """Run ``body(client, upstream, proxy)`` on one raw connection through a fresh proxy."""
+    async def go():
+        async with RawServer() as server:
+            proxy = start_proxy(server.url, **proxy_kwargs)
+            client = await connect(proxy.port)
+            upstream = await server.accept()
+            try:
+                return await body(client, upstream, proxy)
+            finally:
+                client.abort()
+                upstream.abort()
+    return run(go(), timeout)

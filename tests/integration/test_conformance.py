@@ -19,6 +19,7 @@ import pytest
 
 from .conftest import run
 from .flow_ws import (
+    through,
     BINARY, CLOSE, CONT, PING, PONG, TEXT, ConnectionEnded, Pump, RawServer, build, close_payload,
     connect, inspect_chain,
 )
@@ -37,19 +38,6 @@ def mode(request) -> str:
     return request.param
 
 
-def through(start_proxy, body, timeout: float = 20.0, **proxy_kwargs):
-    """Run ``body(client, upstream, proxy)`` on one connection through a fresh proxy."""
-    async def go():
-        async with RawServer() as server:
-            proxy = start_proxy(server.url, **proxy_kwargs)
-            client = await connect(proxy.port)
-            upstream = await server.accept()
-            try:
-                return await body(client, upstream, proxy)
-            finally:
-                client.abort()
-                upstream.abort()
-    return run(go(), timeout)
 
 
 async def finish_close(client, upstream, code=1000, reason=""):

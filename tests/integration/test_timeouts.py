@@ -17,28 +17,17 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from fastws.session import PING_MAGIC
+
 from .conftest import run
 from .flow_ws import (
-    CLOSE, PING, PONG, TEXT, Pump, RawServer, connect, inspect_chain,
+    through,
+    CLOSE, PING, PONG, TEXT, Pump, inspect_chain,
 )
 
-PING_MAGIC = b"fastws-ping:"
 SLACK = 1.0     # seconds a timer may fire late on a busy machine
 
 
-def through(start_proxy, body, timeout: float = 20.0, **proxy_kwargs):
-    """Run ``body(client, upstream, proxy)`` on one raw connection through a fresh proxy."""
-    async def go():
-        async with RawServer() as server:
-            proxy = start_proxy(server.url, **proxy_kwargs)
-            client = await connect(proxy.port)
-            upstream = await server.accept()
-            try:
-                return await body(client, upstream, proxy)
-            finally:
-                client.abort()
-                upstream.abort()
-    return run(go(), timeout)
 
 
 # -- idle timeout ---------------------------------------------------------------------------------
