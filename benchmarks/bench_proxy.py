@@ -14,8 +14,12 @@ What runs (details, nginx config and how to read the report: ``benchmarks/README
   shared by every load cell;
 * the targets, each in its own subprocess and each with one worker process:
   ``direct`` (the echo itself), ``nginx`` (if installed; ``nginx.conf.template``),
-  ``fastws`` (passthrough both ways) and ``fastws-inspect`` (a no-op handler
-  chain on both directions, ``servers.TrivialChain``);
+  ``fastws`` (passthrough both ways), ``fastws-inspect`` (a no-op handler
+  chain on both directions, ``servers.TrivialChain``), and the plugin targets
+  ``fastws-read`` and ``fastws-rewrite``: ``python -m fastws --config`` with a
+  Python plugin that calls ``get_frame()`` on every message both ways
+  (``servers.ReadPlugin``), or also ``set_frame_data()`` with the bytes
+  reversed (``servers.RewritePlugin``);
 * the cells: {ping-pong, pipelined (16 in flight)} x {64 B, 1 KiB, 64 KiB} x
   {1, 50 connections}.  For each cell every target runs back to back, so the
   ratios come from one run under the same conditions.  The load client
@@ -24,7 +28,11 @@ What runs (details, nginx config and how to read the report: ``benchmarks/README
   the window;
 * the idle cell: 10,000 connections held open (or as many as
   ``RLIMIT_NOFILE`` allows), the proxy's RSS before and after, for fastws and
-  nginx, each in fresh processes.
+  nginx, each in fresh processes;
+* the plugin microbenchmarks (``test_micro``, in this process, no sockets):
+  ``Chain.bind(ws).run("ws_client_frame", frame)`` with 1 and 10 no-op handlers
+  on an ``InFlight`` frame (dispatch per handler call = (t10 - t1) / 9), and
+  ``ws.client.get_frame()`` / ``set_frame_data()`` per call at 64 B and 1 KiB.
 
 Every test stores its numbers in ``benchmark.extra_info`` (so
 ``--benchmark-json`` carries them); pytest-benchmark's own time columns are the
@@ -61,7 +69,10 @@ import servers as srv  # noqa: E402
 MODES = ("pingpong", "pipelined")
 SIZES = (64, 1024, 65536)
 CONNS = (1, 50)
-LOCAL_TARGETS = ("direct", "nginx", "fastws", "fastws-inspect")
+LOCAL_TARGETS = ("direct", "nginx", "fastws", "fastws-inspect", "fastws-read", "fastws-rewrite")
+# fastws targets the suite starts: target name -> servers.FastwsProxy chain.
+FASTWS_CHAINS = {"fastws": "none", "fastws-inspect": "inspect", "fastws-read": "read",
+                 "fastws-rewrite": "rewrite"}
 IDLE_TARGETS = ("fastws", "nginx")
 
 # Goals of the load-suite issue.
@@ -71,6 +82,12 @@ GOAL_CPU_INSPECT = 2.0          # fastws-inspect CPU/msg ÷ nginx CPU/msg, every
 GOAL_ADDED_P99 = 1.2            # added p99 (over direct) fastws ÷ nginx, ping-pong, 50 connections
 GOAL_IDLE_CONNS = 10_000
 GOAL_IDLE_RSS = 200 * 1024 * 1024
+# Goals of the plugins issue.
+GOAL_CPU_READ = 2.0             # fastws-read CPU/msg ÷ nginx CPU/msg, at GOAL_PLUGIN_SIZES
+GOAL_CPU_REWRITE = 2.5          # fastws-rewrite CPU/msg ÷ nginx CPU/msg, at GOAL_PLUGIN_SIZES
+GOAL_PLUGIN_SIZES = (64, 1024)
+GOAL_DISPATCH_US = 1.0          # µs per handler call, (t10 - t1) / 9 of the dispatch microbenchmark
+CONTENT_CHECK_EVERY = 64        # the load client compares every 64th echo's bytes with what it sent
 
 LOADCLIENT = HERE / "loadclient.py"
 RESULTS: list[dict] = []        # this session's results, for the end-of-module report
@@ -116,6 +133,7 @@ class Settings:
     idle: int
     nginx: bool
     json_path: str | None
+    quick: bool = False
 
     @classmethod
     def from_config(cls, config) -> "Settings":
@@ -146,6 +164,7 @@ class Settings:
             idle=opt("proxy_idle", "FASTWS_BENCH_IDLE", 500 if quick else GOAL_IDLE_CONNS, int),
             nginx=not flag("proxy_no_nginx", "FASTWS_BENCH_NO_NGINX") and srv.nginx_binary() is not None,
             json_path=opt("proxy_json", "FASTWS_BENCH_PROXY_JSON", None),
+            quick=quick,
         )
 
 
@@ -185,6 +204,22 @@ def _git_state() -> str | None:
         except (OSError, subprocess.SubprocessError):
             _GIT["state"] = None
     return _GIT["state"]
+
+
+def _tree_hash() -> str:
+    """sha256 of fastws/'s Python and Cython sources: shows whether the tree changed during a run."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = HERE.parent / "fastws"
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".pyx", ".pxd") and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            try:
+                digest.update(path.read_bytes())
+            except OSError:
+                pass
+    return digest.hexdigest()[:12]
 
 
 def _environment(settings: Settings, nginx_version: str | None) -> dict:
@@ -274,7 +309,7 @@ def stack(settings, workdir, request):
             started.append(ng)
             nginx_version = ng.version
             targets["nginx"] = Target("nginx", ng.url, ng.pids, [echo.pid], ng)
-        for name, chain in (("fastws", "none"), ("fastws-inspect", "inspect")):
+        for name, chain in FASTWS_CHAINS.items():
             fw = srv.FastwsProxy.start(tmp, echo.url, chain=chain)
             started.append(fw)
             targets[name] = Target(name, fw.url, fw.pids, [echo.pid], fw)
@@ -303,11 +338,16 @@ def _report_at_end(request, settings):
     """Build the report of this module's results when it finishes (and write --proxy-json)."""
     RESULTS.clear()
     started = time.time()
+    git0, tree0 = _git_state(), _tree_hash()     # before the servers start (this fixture comes first)
     yield
     if not RESULTS:
         return
     doc = {"suite": "fastws-proxy-load", "datetime": datetime.datetime.fromtimestamp(started).isoformat(),
-           "results": list(RESULTS)}
+           "fastws_tree": tree0, "results": list(RESULTS)}
+    _GIT.clear()
+    git1, tree1 = _git_state(), _tree_hash()
+    if tree1 != tree0 or git1 != git0:
+        doc["fastws_changed"] = {"start": git0, "end": git1, "tree_start": tree0, "tree_end": tree1}
     if settings.json_path:
         with open(settings.json_path, "w") as f:
             json.dump(doc, f, indent=1)
@@ -343,7 +383,7 @@ def test_load(benchmark, stack, settings, cell: Cell, round_no: int, target: str
     argv = ["load", "--url", t.url, "--mode", cell.mode, "--size", str(cell.size),
             "--connections", str(cell.conns), "--window", str(settings.window),
             "--warmup", str(settings.warmup), "--duration", str(settings.duration),
-            "--max-messages", str(settings.max_messages)]
+            "--max-messages", str(settings.max_messages), "--check-every", str(CONTENT_CHECK_EVERY)]
     for pid in t.proxy_pids:
         argv += ["--cpu-pid", str(pid)]
     for pid in t.upstream_pids:
@@ -456,6 +496,111 @@ def test_idle_connections(benchmark, settings, workdir, idle_target: str) -> Non
     assert r.get("open", connected) == connected, f"{connected - r['open']} connections dropped\n{log}"
 
 
+# -- the plugin microbenchmarks (in this process, no sockets) ------------------------------
+
+@dataclass(frozen=True)
+class Micro:
+    """One microbenchmark: ``Chain(plugins).bind(ws).run("ws_client_frame", frame)`` with
+    ``handlers`` no-op handlers (kind "dispatch"), or one handler that calls
+    ``ws.client.get_frame()`` or ``ws.client.set_frame_data(new)`` on a ``size``-byte message."""
+
+    kind: str
+    handlers: int = 1
+    size: int = 64
+
+    @property
+    def id(self) -> str:
+        if self.kind == "dispatch":
+            return f"micro-dispatch-h{self.handlers}"
+        return f"micro-{self.kind}-{size_label(self.size).replace(' ', '')}"
+
+
+MICRO = [Micro("dispatch", handlers=1), Micro("dispatch", handlers=10),
+         *(Micro(kind, size=size) for kind in ("get_frame", "set_frame_data") for size in GOAL_PLUGIN_SIZES)]
+MICRO_CALLS = 1000              # run() calls a timed round, each on a fresh frame; the figures are per call
+
+
+def _micro_target(case: Micro):
+    """``(function, setup, check)`` for ``benchmark.pedantic``.
+
+    Everything goes through the public path the session takes for a message:
+    ``Chain(plugins).bind(ws)`` once (as a connection does), then for every message a
+    fresh ``InFlight`` (its payload a view, as ``Session._receive_inspect`` makes it) and
+    ``run("ws_client_frame", frame)``.  One call of ``function`` is ``MICRO_CALLS`` such
+    runs; ``setup`` (untimed) makes the frames; ``check()`` runs it once, untimed, and
+    asserts the handlers did their work.  A PDK call's cost is its run() minus the run()
+    of one no-op handler (``micro_figures``).
+    """
+    from types import SimpleNamespace
+
+    from fastws.frames import Opcode
+    from fastws.pdk import WebSocket
+    from fastws.plugins.chain import Chain
+    from fastws.session import InFlight
+
+    n = MICRO_CALLS
+    payload = os.urandom(case.size)
+    view = memoryview(bytearray(payload))
+    new = payload[::-1]                       # what RewritePlugin sets, made outside the timing
+    if case.kind == "dispatch":
+        plugins = [srv.NoopPlugin(name=f"noop{i}") for i in range(case.handlers)]
+        expect, changed = payload, False
+    elif case.kind == "get_frame":
+        plugins = [srv.ReadPlugin(None)]       # ws.client.get_frame()
+        expect, changed = payload, False
+    else:
+        plugins = [srv.SetFrameDataPlugin(new)]  # ws.client.set_frame_data(new)
+        expect, changed = new, True
+    ws = WebSocket()
+    # What set_frame_data reads for the direction's limit: the session's parser (16 MiB default).
+    parser = SimpleNamespace(max_message_size=16 << 20)
+    ws.session = SimpleNamespace(halves=[SimpleNamespace(parser=parser)] * 2)
+    chain = Chain(plugins)
+    run = chain.bind(ws).run
+
+    def setup():
+        return ([InFlight(Opcode.BINARY, None, view=view) for _ in range(n)],), {}
+
+    def runs(frames):
+        for frame in frames:
+            run("ws_client_frame", frame)
+
+    def check():
+        handlers = chain.handlers["ws_client_frame"]
+        assert len(handlers) == len(plugins)
+        (frames,), _ = setup()
+        runs(frames)
+        for frame in frames:
+            assert (frame.view is None) == changed, f"{case.id}: set_frame_data did not take"
+            assert frame.data == expect, f"{case.id}: wrong payload"
+        if case.kind == "get_frame":
+            assert all(frame._data is not None for frame in frames), "get_frame did not read the payload"
+    return runs, setup, check
+
+
+@pytest.mark.parametrize("micro", MICRO, ids=[m.id for m in MICRO])
+def test_micro(benchmark, settings, micro: Micro) -> None:
+    """Plugin dispatch and PDK calls, per call: pytest-benchmark rounds of ``MICRO_CALLS`` runs."""
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(0, str(HERE.parent))      # the fastws tree the servers run
+    benchmark.group = "micro"
+    function, setup, check = _micro_target(micro)
+    check()
+    rounds = 60 if settings.quick else 300
+    load0 = os.getloadavg()
+    benchmark.pedantic(function, setup=setup, rounds=rounds, iterations=1, warmup_rounds=rounds // 10)
+    stats = benchmark.stats.stats if benchmark.stats is not None else None
+    result = {"proxy_cell": micro.id, "proxy_kind": "micro", "kind": micro.kind, "handlers": micro.handlers,
+              "size": micro.size, "calls_per_round": MICRO_CALLS, "rounds": rounds,
+              "loadavg_start": list(load0), "loadavg_end": list(os.getloadavg()),
+              "env": _environment(settings, None)}
+    if stats is not None:
+        result["ns_per_call"] = stats.median / MICRO_CALLS * 1e9
+        result["ns_per_call_min"] = stats.min / MICRO_CALLS * 1e9
+        result["ns_per_call_iqr"] = stats.iqr / MICRO_CALLS * 1e9
+    _record(benchmark, result)
+
+
 # -- the report ----------------------------------------------------------------------------
 
 def load_results(path: str) -> dict:
@@ -551,6 +696,7 @@ def report_lines(doc: dict, baseline: dict | None = None) -> list[str]:
     results = doc["results"]
     load = aggregate(results)
     idle = {r["target"]: r for r in results if r.get("proxy_kind") == "idle"}
+    micro = micro_figures(results)
     cells = _cells_of(results)
     targets = [t for t in (*LOCAL_TARGETS, "target") if any(k[1] == t for k in load)]
     proxy = "target" if "target" in targets else "fastws"
@@ -562,18 +708,22 @@ def report_lines(doc: dict, baseline: dict | None = None) -> list[str]:
 
     out = ["## Proxy load suite report", ""]
     out += _machine_lines(doc, results)
-    out += _goal_lines(cells, get, idle, has_nginx, proxy)
+    out += _goal_lines(cells, get, idle, has_nginx, proxy, micro)
+    names = TARGET_NAMES
+    if not cells:
+        out += _micro_lines(micro)
+        return out
 
-    names = {"direct": "direct", "nginx": "nginx", "fastws": "fastws", "fastws-inspect": "fastws+inspect",
-             "target": "target"}
     out += ["### Messages/s (echoed round trips a second; higher is better)", ""]
     ratio_cols = []
     if has_nginx:
         ratio_cols.append((f"{names[proxy]} ÷ nginx", proxy, "nginx", None, GOAL_RATE_PASSTHROUGH))
     if "direct" in targets:
         ratio_cols.append((f"{names[proxy]} ÷ direct", proxy, "direct", None, None))
-    if has_nginx and "fastws-inspect" in targets:
-        ratio_cols.append(("inspect ÷ nginx", "fastws-inspect", "nginx", None, None))
+    if has_nginx:
+        for t in PLUGIN_TARGETS:
+            if t in targets:
+                ratio_cols.append((f"{PLUGIN_SHORT[t]} ÷ nginx", t, "nginx", None, None))
     out += _head(["cell", *(names[t] for t in targets), *(c[0] for c in ratio_cols)])
     for cell in cells:
         row = [cell.label] + [_fmt_rate(get(cell, t, "msgs_per_s")) for t in targets]
@@ -610,6 +760,7 @@ def report_lines(doc: dict, baseline: dict | None = None) -> list[str]:
             row.append(f"{min(ups):.1f}–{max(ups):.1f}" if ups else "–")
             out.append("| " + " | ".join(row) + " |")
         out.append("")
+    out += _plugin_lines(cells, get, targets, has_nginx)
 
     out += ["### Latency, µs: p50 / p99 (send to echo; pipelined includes queueing behind the window)", ""]
     extra = has_nginx and "direct" in targets
@@ -625,6 +776,7 @@ def report_lines(doc: dict, baseline: dict | None = None) -> list[str]:
         out.append("| " + " | ".join(row) + " |")
     out += ["", "Added p99 = p99 through the proxy − p99 direct; its ratio is judged only on "
             "ping-pong ×50 (bold: goal missed).", ""]
+    out += _micro_lines(micro)
 
     if idle:
         out += ["### Idle connections (fresh echo and proxy processes; RSS of the proxy's processes)", ""]
@@ -647,6 +799,120 @@ def report_lines(doc: dict, baseline: dict | None = None) -> list[str]:
 
     if baseline is not None:
         out += _baseline_lines(load, baseline, cells, targets, names)
+    return out
+
+
+TARGET_NAMES = {"direct": "direct", "nginx": "nginx", "fastws": "fastws", "fastws-inspect": "fastws+inspect",
+                "fastws-read": "fastws+read", "fastws-rewrite": "fastws+rewrite", "target": "target"}
+PLUGIN_TARGETS = ("fastws-inspect", "fastws-read", "fastws-rewrite")    # the handler-chain targets
+PLUGIN_SHORT = {"fastws-inspect": "inspect", "fastws-read": "read", "fastws-rewrite": "rewrite",
+                "fastws": "fastws"}
+
+
+def _plugin_goal(target: str, cell) -> float | None:
+    """The CPU ratio to nginx that ``target`` must stay at or under on ``cell`` (None: no goal)."""
+    if target == "fastws-inspect":
+        return GOAL_CPU_INSPECT
+    if cell.size in GOAL_PLUGIN_SIZES:
+        return {"fastws-read": GOAL_CPU_READ, "fastws-rewrite": GOAL_CPU_REWRITE}.get(target)
+    return None
+
+
+def _plugin_lines(cells, get, targets, has_nginx) -> list[str]:
+    """The handler-chain targets against nginx and against passthrough (fastws)."""
+    present = [t for t in PLUGIN_TARGETS if t in targets]
+    if not present or "fastws" not in targets:
+        return []
+    sizes = " and ".join(size_label(s) for s in GOAL_PLUGIN_SIZES)
+    intro = ("Proxy CPU per message: ratios of the medians above, and the µs a message each step adds "
+             "(inspect − fastws: the session's inspect path, aggregate, unmask, re-frame; read − inspect: "
+             "`Chain` dispatch and `get_frame()`, once each way; rewrite − read: the reversal, "
+             "`set_frame_data()` and framing the new bytes, once each way). Bold: over the goal "
+             f"(inspect ≤ {GOAL_CPU_INSPECT:g}× nginx everywhere; read ≤ {GOAL_CPU_READ:g}×, "
+             f"rewrite ≤ {GOAL_CPU_REWRITE:g}× at {sizes}).")
+    out = ["### Handler chains: against nginx and against passthrough", "", intro, ""]
+    cols = []
+    if has_nginx:
+        cols += [(f"{PLUGIN_SHORT[t]} ÷ nginx", t, "nginx", True) for t in present]
+    cols += [(f"{PLUGIN_SHORT[t]} ÷ fastws", t, "fastws", False) for t in present]
+    steps = [t for t in ("fastws", *PLUGIN_TARGETS) if t in targets]
+    diffs = list(zip(steps, steps[1:]))
+    out += _head(["cell", *(c[0] for c in cols),
+                  *(f"{PLUGIN_SHORT[b]} − {PLUGIN_SHORT[a]} µs" for a, b in diffs)])
+    key = "proxy_cpu_us_per_msg"
+    for cell in cells:
+        row = [cell.label]
+        for _, a, b, judged in cols:
+            row.append(_fmt_ratio(_div(get(cell, a, key), get(cell, b, key)),
+                                  _plugin_goal(a, cell) if judged else None))
+        for a, b in diffs:
+            x, y = get(cell, b, key), get(cell, a, key)
+            row.append("–" if x is None or y is None else f"{x - y:+.1f}")
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    out += ["Messages/s, the same ratios (higher is better):", ""]
+    cols = ([(f"{PLUGIN_SHORT[t]} ÷ nginx", t, "nginx") for t in present] if has_nginx else [])
+    cols += [(f"{PLUGIN_SHORT[t]} ÷ fastws", t, "fastws") for t in present]
+    out += _head(["cell", *(c[0] for c in cols)])
+    for cell in cells:
+        row = [cell.label] + [_fmt_ratio(_div(get(cell, a, "msgs_per_s"), get(cell, b, "msgs_per_s")))
+                              for _, a, b in cols]
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    return out
+
+
+def micro_figures(results) -> dict:
+    """The microbenchmarks (ns a run(), median round) and what follows from them, in ns:
+    ``per_handler`` = (t10 − t1) / 9, ``fixed`` = t1 − per_handler (run() around its
+    handlers), ``get_frame``/``set_frame_data`` by size: their run() minus t1."""
+    raw = {r["proxy_cell"]: r for r in results
+           if r.get("proxy_kind") == "micro" and r.get("ns_per_call") is not None}
+    out: dict = {"raw": raw}
+    if not raw:
+        return out
+    any_r = next(iter(raw.values()))
+    out["calls"], out["rounds"] = any_r.get("calls_per_round"), any_r.get("rounds")
+    d1, d10 = raw.get("micro-dispatch-h1"), raw.get("micro-dispatch-h10")
+    if d1 and d10:
+        for suffix, key in (("", "ns_per_call"), ("_min", "ns_per_call_min")):
+            per = (d10[key] - d1[key]) / 9
+            out["per_handler" + suffix] = per
+            out["fixed" + suffix] = d1[key] - per
+        out["t1"], out["t10"] = d1["ns_per_call"], d10["ns_per_call"]
+    for kind in ("get_frame", "set_frame_data"):
+        for size in GOAL_PLUGIN_SIZES:
+            r = raw.get(f"micro-{kind}-{size_label(size).replace(' ', '')}")
+            if r:
+                own = r["ns_per_call"] - out["t1"] if d1 else None
+                out.setdefault(kind, {})[size] = (r["ns_per_call"], own)
+    return out
+
+
+def _micro_lines(micro: dict) -> list[str]:
+    if not micro.get("raw"):
+        return []
+    intro = (f"Median of {micro.get('rounds', '?')} pytest-benchmark rounds of {micro.get('calls', '?'):,} "
+             "`Chain(plugins).bind(ws).run(\"ws_client_frame\", frame)` calls, per call; bound once (as a "
+             "connection does), a fresh `InFlight` a call (its payload a view, as the session makes one a "
+             "message). A PDK call is the run() of one handler that makes it minus the run() of one no-op "
+             "handler (t1): the call, its lookups and its work.")
+    out = ["### Plugin dispatch and PDK calls (in-process microbenchmark, no sockets)", "", intro, ""]
+    out += _head(["measure", "per call"])
+    if "per_handler" in micro:
+        out.append(f"| `run()`, 1 no-op handler (t1) | {micro['t1'] / 1e3:.3f} µs |")
+        out.append(f"| `run()`, 10 no-op handlers (t10) | {micro['t10'] / 1e3:.3f} µs |")
+        out.append("| **dispatch per handler call: (t10 − t1) / 9** | "
+                   f"**{micro['per_handler'] / 1e3:.3f} µs** "
+                   f"(fastest rounds: {micro['per_handler_min'] / 1e3:.3f} µs) |")
+        out.append(f"| fixed part of `run()`: t1 − per handler | {micro['fixed'] / 1e3:.3f} µs |")
+    for kind in ("get_frame", "set_frame_data"):
+        for size, (total, own) in sorted(micro.get(kind, {}).items()):
+            what = ("`ws.client.get_frame()`, first call on a message (`bytes` of the view)"
+                    if kind == "get_frame" else "`ws.client.set_frame_data(new)`")
+            own_text = "–" if own is None else f"{own / 1e3:.3f} µs"
+            out.append(f"| {what}, {size_label(size)} | {own_text} (run() {total / 1e3:.3f} µs) |")
+    out.append("")
     return out
 
 
@@ -688,6 +954,12 @@ def _machine_lines(doc, results) -> list[str]:
                  f"{env.get('duration_s', '?')} s; {env.get('rounds', 1)} round(s) of every cell and target, "
                  "round-robin, medians reported; "
                  f"pipelined window {env.get('window', '?')} messages a connection")
+    changed = doc.get("fastws_changed")
+    if changed:
+        lines.append(f"- **fastws/ changed during this run** ({changed['start']}, sources "
+                     f"{changed['tree_start']} → {changed['end']}, sources {changed['tree_end']}): the "
+                     "servers ran the tree of the start; a server started later, and the "
+                     "microbenchmarks, may have run the other")
     if loads:
         a, b = loads[0]["loadavg_start"], loads[-1]["loadavg_end"]
         lines.append(f"- Run {doc.get('datetime') or '?'}; load average at start "
@@ -696,7 +968,7 @@ def _machine_lines(doc, results) -> list[str]:
     return lines
 
 
-def _goal_lines(cells, get, idle, has_nginx, proxy) -> list[str]:
+def _goal_lines(cells, get, idle, has_nginx, proxy, micro=None) -> list[str]:
     lines = ["### Goals", ""]
 
     def mark(ok):
@@ -713,7 +985,7 @@ def _goal_lines(cells, get, idle, has_nginx, proxy) -> list[str]:
         return ok, f"{met}/{len(rs)} cells; worst {rs[worst]:.2f}× ({worst.label})"
 
     if not has_nginx:
-        lines += ["- nginx was not measured: the ratio goals are n/a.", ""]
+        lines.append("- nginx was not measured: the ratio goals are n/a.")
     else:
         ok, text = over_cells(proxy, "nginx", "proxy_cpu_us_per_msg", GOAL_CPU_PASSTHROUGH)
         lines.append(f"- passthrough CPU per message ≤ {GOAL_CPU_PASSTHROUGH:g}× nginx's on every cell: "
@@ -723,6 +995,17 @@ def _goal_lines(cells, get, idle, has_nginx, proxy) -> list[str]:
         ok, text = over_cells("fastws-inspect", "nginx", "proxy_cpu_us_per_msg", GOAL_CPU_INSPECT)
         lines.append(f"- trivial inspect chain both ways, CPU per message ≤ {GOAL_CPU_INSPECT:g}× "
                      f"nginx's: {mark(ok)}; {text}")
+        sized = [c for c in cells if c.size in GOAL_PLUGIN_SIZES]
+        sizes = " and ".join(size_label(s) for s in GOAL_PLUGIN_SIZES)
+        plugin_goals = (
+            ("fastws-read", GOAL_CPU_READ, "a plugin reading every message both ways (get_frame)"),
+            ("fastws-rewrite", GOAL_CPU_REWRITE,
+             "a plugin rewriting every message both ways (set_frame_data)"),
+        )
+        for target, goal, what in plugin_goals:
+            ok, text = over_cells(target, "nginx", "proxy_cpu_us_per_msg", goal, which=sized)
+            if ok is not None:
+                lines.append(f"- {what}, CPU per message ≤ {goal:g}× nginx's at {sizes}: {mark(ok)}; {text}")
         pp50 = [c for c in cells if c.mode == "pingpong" and c.conns == 50]
         added = {c: _added_p99(c, get, proxy) for c in pp50}
         added = {c: a for c, a in added.items() if a is not None}
@@ -736,6 +1019,12 @@ def _goal_lines(cells, get, idle, has_nginx, proxy) -> list[str]:
                                      for c, a in added.items()))
         else:
             lines.append("- added p99 latency, ping-pong ×50: n/a (direct, nginx or the proxy missing)")
+    if micro and "per_handler" in micro:
+        per = micro["per_handler"] / 1e3
+        t10, t1 = micro["t10"] / 1e3, micro["t1"] / 1e3
+        lines.append(f"- plugin dispatch overhead ≤ {GOAL_DISPATCH_US:g} µs per handler call: "
+                     f"{mark(per <= GOAL_DISPATCH_US)}; {per:.3f} µs ((t10 − t1) / 9: `Chain.bind(ws).run` "
+                     f"with 10 and 1 no-op handlers, {t10:.2f} and {t1:.2f} µs)")
     r = idle.get("fastws")
     if r is not None:
         est = r.get("rss_at_goal")

@@ -60,8 +60,8 @@ def pytest_addoption(parser) -> None:
         help="leave nginx out even if installed (env FASTWS_BENCH_NO_NGINX=1)")
     group.addoption(
         "--proxy-quick", action="store_true", default=None,
-        help="development runs: 1 round of 0.3 s windows, 0.1 s warm-up, 500 idle connections "
-             "(env FASTWS_BENCH_QUICK=1)")
+        help="development runs: 1 round of 0.3 s windows, 0.1 s warm-up, 500 idle connections, "
+             "60 rounds of each plugin microbenchmark (env FASTWS_BENCH_QUICK=1)")
     group.addoption(
         "--proxy-json", metavar="PATH", default=None,
         help="also write the suite's own results file (what --report reads; "

@@ -4,7 +4,7 @@ Two commands, each printing one JSON object on stdout::
 
     python benchmarks/loadclient.py load --url ws://127.0.0.1:8000/ --mode pingpong \\
         --size 1024 --connections 50 [--window 16] [--warmup 0.5] [--duration 3] \\
-        [--max-messages N] [--cpu-pid PID]... [--ctx-pid PID]...
+        [--max-messages N] [--check-every N] [--cpu-pid PID]... [--ctx-pid PID]...
     python benchmarks/loadclient.py idle --url ws://127.0.0.1:8000/ --connections 10000
         # prints {"connected": n, ...} once all are open, holds them until stdin closes
 
@@ -26,8 +26,12 @@ upstream, for context) and its own ``getrusage``, so the CPU figures cover
 exactly the counted messages.  Then the load stops, in-flight echoes drain,
 and every connection closes with 1000.
 
-Every echo is checked for its size; a wrong size, a close from the far end or a
-lost connection is an error in the JSON (``errors``), and the suite fails the cell.
+Every echo is checked for its size, and with ``--check-every N`` every Nth echo
+that came back in one frame also for its bytes (all messages carry the same
+random payload); a wrong size or content, a close from the far end or a lost
+connection is an error in the JSON (``errors``), and the suite fails the cell.
+(The content check is what shows that a rewriting plugin target, which reverses
+every message both ways, gave every message back as it was sent.)
 """
 
 from __future__ import annotations
@@ -86,8 +90,11 @@ def _raise_nofile() -> int:
 class Run:
     """State shared by the connections of one ``load`` run."""
 
-    def __init__(self, size: int, window: int, max_messages: int) -> None:
+    def __init__(self, size: int, window: int, max_messages: int, check_every: int = 0) -> None:
         self.payload = os.urandom(size)
+        self.check_every = check_every    # compare every Nth single-frame echo with payload
+        self.to_check = check_every
+        self.checked = 0
         self.size = size
         self.window = window
         self.max_messages = max_messages
@@ -139,6 +146,13 @@ class LoadConn(WSListener):
             size, self.partial = self.partial, 0
             if size != run.size:
                 run.error(f"echo of {size} bytes, sent {run.size}")
+            elif run.check_every:
+                run.to_check -= 1
+                if run.to_check <= 0 and frame.payload_size == size:    # one frame: all of it here
+                    run.to_check = run.check_every
+                    run.checked += 1
+                    if frame.get_payload_as_bytes() != run.payload:
+                        run.error(f"echo of {size} bytes differs from the message sent")
             try:
                 sent = self.sent.popleft()
             except IndexError:
@@ -204,7 +218,8 @@ def _percentiles(lat: array) -> dict:
 
 
 async def load(args) -> dict:
-    run = Run(args.size, args.window if args.mode == "pipelined" else 1, args.max_messages)
+    run = Run(args.size, args.window if args.mode == "pipelined" else 1, args.max_messages,
+              args.check_every)
     loop = asyncio.get_running_loop()
     run.done = loop.create_future()
     t0 = time.perf_counter()
@@ -270,6 +285,7 @@ async def load(args) -> dict:
         "proxy_cpu_ns": delta(ns0, ns1, args.cpu_pid) if args.cpu_pid else None,
         "upstream_cpu_ticks": delta(ticks0, ticks1, args.ctx_pid) if args.ctx_pid else None,
         "client_cpu_s": self1 - self0,
+        "content_checked": run.checked,
         "errors": run.errors,
     })
     return result
@@ -340,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     lp.add_argument("--warmup", type=float, default=0.5, help="seconds of untimed load first")
     lp.add_argument("--duration", type=float, default=3.0, help="seconds of counted load, at most")
     lp.add_argument("--max-messages", type=int, default=10_000_000, help="stop counting after this many")
+    lp.add_argument("--check-every", type=int, default=0, metavar="N",
+                    help="also compare every Nth echo's bytes with the message sent (0: sizes only)")
     lp.add_argument("--cpu-pid", type=int, action="append", default=[], help="proxy process (repeat)")
     lp.add_argument("--ctx-pid", type=int, action="append", default=[], help="upstream process (repeat)")
     ip = sub.add_parser("idle", help="open N connections and hold them until stdin closes")

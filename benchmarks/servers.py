@@ -17,13 +17,21 @@ Launcher side (what the subprocesses run)::
     python benchmarks/servers.py echo [--host 127.0.0.1] [--port 0]
     python benchmarks/servers.py fastws --listen 127.0.0.1:P --upstream ws://127.0.0.1:U/ \
         [--chain none|inspect]
+    python -m fastws --config WORKDIR/fastws-read.yaml --listen 127.0.0.1:P \
+        --upstream ws://127.0.0.1:U/ --log-level warning      # chain "read" / "rewrite"
 
 ``fastws --chain inspect`` runs one worker (``fastws.worker.run``) with a
-trivial handler chain on both directions (``TrivialChain``): every message is
-aggregated, unmasked, handed to a handler that does nothing, and re-framed,
-which is the cost of plugins before the plugins' own work.  The command line
-cannot configure plugins yet, hence this launcher; with ``--chain none`` it is
+trivial handler chain on both directions (``TrivialChain``, handed in through
+``chain_for``): every message is aggregated, unmasked, handed to a handler that
+does nothing, and re-framed, which is the cost of the session's inspect path
+alone, without ``fastws.plugins.chain`` or the PDK.  With ``--chain none`` it is
 the same code path as ``python -m fastws --listen ... --upstream ...``.
+
+The plugin targets (``FastwsProxy.start(chain="read"|"rewrite")``) run what users
+run: ``python -m fastws`` with a YAML config whose global ``plugins`` entry names
+a class of this module (``servers:ReadPlugin``, ``servers:RewritePlugin``;
+``benchmarks/`` is on the ``PYTHONPATH`` of every launched process), loaded by
+``fastws.worker.build_chains`` into a real ``Chain`` and called through the PDK.
 
 Every launcher raises its ``RLIMIT_NOFILE`` soft limit to the hard limit, so
 the idle-connections cell can hold as many sockets as the machine allows.
@@ -50,6 +58,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 __all__ = [
     "EchoUpstream", "FastwsProxy", "NginxProxy", "TrivialChain",
+    "ReadPlugin", "RewritePlugin", "NoopPlugin", "SetFrameDataPlugin", "PLUGIN_TARGETS", "plugin_config",
     "cpu_ticks", "cpu_ns", "vm_rss", "vm_hwm", "fd_count", "free_port", "raise_nofile",
     "nginx_binary", "nginx_version", "nginx_connections", "write_nginx_conf", "CLK_TCK",
 ]
@@ -216,7 +225,8 @@ def _python() -> str:
 
 def _spawn(argv: list[str], log: Path, **kw) -> subprocess.Popen:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # The fastws tree measured, and benchmarks/ for the plugin classes of this module.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(HERE), env.get("PYTHONPATH")]))
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=open(log, "ab"), env=env, **kw)
 
@@ -238,7 +248,12 @@ class EchoUpstream(_Process):
 
 
 class FastwsProxy(_Process):
-    """fastws, one worker, in its own process; ``chain`` is "none" (passthrough) or "inspect"."""
+    """fastws, one worker, in its own process.
+
+    ``chain``: "none" (passthrough) or "inspect" (``TrivialChain``) through this
+    module's launcher; "read" or "rewrite" through ``python -m fastws --config``
+    with the plugin of ``PLUGIN_TARGETS`` (the config is written to ``tmpdir``).
+    """
 
     name = "fastws"
 
@@ -247,8 +262,15 @@ class FastwsProxy(_Process):
               host: str = "127.0.0.1") -> "FastwsProxy":
         port = free_port()
         log = Path(tmpdir) / f"fastws-{chain}-{port}.log"
-        proc = _spawn([_python(), str(HERE / "servers.py"), "fastws", "--listen", f"{host}:{port}",
-                       "--upstream", upstream_url, "--chain", chain], log)
+        if chain in PLUGIN_TARGETS:
+            conf = Path(tmpdir) / f"fastws-{chain}.yaml"
+            conf.write_text(plugin_config(chain))
+            argv = [_python(), "-m", "fastws", "--config", str(conf), "--listen", f"{host}:{port}",
+                    "--upstream", upstream_url, "--log-level", "warning"]
+        else:
+            argv = [_python(), str(HERE / "servers.py"), "fastws", "--listen", f"{host}:{port}",
+                    "--upstream", upstream_url, "--chain", chain]
+        proc = _spawn(argv, log)
         _wait_port(host, port, proc, log)
         self = cls(proc, host, port, "/", log)
         self.chain = chain
@@ -371,6 +393,98 @@ class TrivialChain:
 
     def run(self, phase: str, frame) -> None:
         pass
+
+
+# -- the plugins of the plugin targets (imported by fastws from its config) ------------------
+
+class ReadPlugin:
+    """fastws+read: reads every message, both ways, through the PDK; changes nothing.
+
+    ``get_frame()`` on a message makes ``bytes`` of its payload once (it stays in the
+    read buffer until a handler asks), so this is the price of a plugin that looks
+    at every message: the dispatch, the PDK call and that copy.
+    """
+
+    name = "bench-read"
+    priority = 0
+
+    def __init__(self, conf) -> None:
+        self.conf = conf
+
+    def ws_client_frame(self, ws) -> None:
+        ws.client.get_frame()
+
+    def ws_upstream_frame(self, ws) -> None:
+        ws.upstream.get_frame()
+
+
+class RewritePlugin:
+    """fastws+rewrite: replaces every binary message, both ways, with its bytes reversed.
+
+    Same length, so the echo's size check holds, and an involution: reversed
+    towards the upstream and back again towards the client, the echo arrives as it
+    was sent (the load client's content check sees it).  ``data[::-1]`` is the
+    plugin's own work (0.1 µs at 64 B, 0.35 µs at 1 KiB a call here);
+    ``set_frame_data`` then makes the proxy frame the new bytes (a masked copy
+    towards the upstream) instead of forwarding the read buffer.
+    """
+
+    name = "bench-rewrite"
+    priority = 0
+
+    def __init__(self, conf) -> None:
+        self.conf = conf
+
+    def ws_client_frame(self, ws) -> None:
+        data, typ, _ = ws.client.get_frame()
+        if typ == "binary":
+            ws.client.set_frame_data(data[::-1])
+
+    def ws_upstream_frame(self, ws) -> None:
+        data, typ, _ = ws.upstream.get_frame()
+        if typ == "binary":
+            ws.upstream.set_frame_data(data[::-1])
+
+
+class NoopPlugin:
+    """A handler that does nothing on both frame phases (the dispatch microbenchmark)."""
+
+    priority = 0
+
+    def __init__(self, conf=None, name: str = "bench-noop") -> None:
+        self.conf = conf
+        self.name = name
+
+    def ws_client_frame(self, ws) -> None:
+        pass
+
+    def ws_upstream_frame(self, ws) -> None:
+        pass
+
+
+class SetFrameDataPlugin:
+    """``ws.client.set_frame_data(new)`` and nothing else (the PDK microbenchmark)."""
+
+    name = "bench-set-frame-data"
+    priority = 0
+
+    def __init__(self, new: bytes) -> None:
+        self.new = new
+
+    def ws_client_frame(self, ws) -> None:
+        ws.client.set_frame_data(self.new)
+
+
+#: chain name -> the plugin class fastws loads from the config (``module:Class``).
+PLUGIN_TARGETS = {"read": "servers:ReadPlugin", "rewrite": "servers:RewritePlugin"}
+
+
+def plugin_config(chain: str) -> str:
+    """The YAML config of a plugin target: one global plugin; listen and upstream come as flags."""
+    return (f"# fastws+{chain}, written by benchmarks/servers.py for the proxy load suite\n"
+            "graceful_timeout: 2\n"
+            "plugins:\n"
+            f"  - name: \"{PLUGIN_TARGETS[chain]}\"\n")
 
 
 def _run_echo(args) -> int:

@@ -35,6 +35,9 @@ TYPE_NAMES = {Opcode.TEXT: "text", Opcode.BINARY: "binary", Opcode.CLOSE: "close
               Opcode.PING: "ping", Opcode.PONG: "pong"}
 SEND_TYPES = {"text": Opcode.TEXT, "binary": Opcode.BINARY, "ping": Opcode.PING, "pong": Opcode.PONG}
 
+# Plain ints for the per-message checks: reading an IntEnum member costs more than the check.
+_TEXT, _CLOSE, _PING, _PONG = int(Opcode.TEXT), int(Opcode.CLOSE), int(Opcode.PING), int(Opcode.PONG)
+
 _current: contextvars.ContextVar["WebSocket | None"] = contextvars.ContextVar("fastws_websocket", default=None)
 
 
@@ -106,7 +109,7 @@ class Direction:
         """
         frame = self._frame("set_frame_data")
         payload = _as_bytes(data, f"ws.{self._name}.set_frame_data")
-        if frame.opcode == Opcode.CLOSE:
+        if frame.opcode == _CLOSE:
             if payload and frame.status in (None, CloseCode.NO_STATUS_RCVD):
                 raise PDKError(f"ws.{self._name}.set_frame_data: this close frame has no status, so it "
                                f"cannot carry a reason; call set_status() first")
@@ -115,7 +118,7 @@ class Direction:
                                f"got {len(payload)}")
             if not validate_utf8(payload):
                 raise PDKError(f"ws.{self._name}.set_frame_data: a close reason must be UTF-8")
-        elif frame.opcode in (Opcode.PING, Opcode.PONG):
+        elif frame.opcode == _PING or frame.opcode == _PONG:
             if len(payload) > MAX_CONTROL_PAYLOAD:
                 raise PDKError(f"ws.{self._name}.set_frame_data: a {TYPE_NAMES[frame.opcode]} carries at most "
                                f"125 bytes, got {len(payload)}")
@@ -124,7 +127,7 @@ class Direction:
             if limit and len(payload) > limit:
                 raise PDKError(f"ws.{self._name}.set_frame_data: {len(payload)} bytes is over this "
                                f"direction's limit of {limit} bytes")
-            if frame.opcode == Opcode.TEXT and not validate_utf8(payload):
+            if frame.opcode == _TEXT and not validate_utf8(payload):
                 raise PDKError(f"ws.{self._name}.set_frame_data: a text message must be UTF-8")
         frame.set_data(payload)
 

@@ -106,7 +106,7 @@ class BoundChain:
             finally:
                 _current.reset(token)
                 ws.phase = None
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):   # most handlers return None
                 return self._run_async(phase, frame, position, ws, name, result)
             if frame is not None and (frame.dropped or frame.close_args is not None):
                 break           # drop_frame() and close() skip the later handlers
