@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s fastws[{os.getpid()}] %(levelname)s %(message)s",
+        format="%(asctime)s fastws[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
 
@@ -90,17 +90,30 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from .worker import build_chains, chain_for_services, run
 
-    if config.workers > 1:
-        print("fastws: --workers above 1 needs the master process, which is not built yet; "
-              "run with --workers 1", file=sys.stderr)
-        return EXIT_USAGE
     try:
         chains = build_chains(config)   # load and check every plugin before listening
     except ConfigError as exc:
         print(f"fastws: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.log_level)
+    if config.workers > 1:
+        return run_master(config)
     if config.echo:
         # The echo service is made by the worker: it gets the global plugins there.
         return run(config)
     return run(config, chain_for=chain_for_services(chains))
+
+
+def run_master(config) -> int:
+    """``--workers N``: a master process (no event loop) and N forked workers."""
+    from .arbiter import Arbiter, check_listen_addresses
+    from .worker import run
+
+    try:
+        check_listen_addresses([(item.host, item.port) for item in config.listen])
+    except OSError as exc:
+        print(f"fastws: {exc.strerror}", file=sys.stderr)
+        return 1
+    master = os.getpid()
+    # Each worker builds its own plugins and listeners after the fork.
+    return Arbiter(config, lambda cfg: run(cfg, parent=master)).run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -157,7 +158,7 @@ class Worker:
             self.echo.close()
 
 
-async def serve(config: Any, *, chain_for: Callable | None = None) -> int:
+async def serve(config: Any, *, chain_for: Callable | None = None, parent: int | None = None) -> int:
     worker = Worker(config, chain_for=chain_for)
     try:
         await worker.start()
@@ -173,6 +174,15 @@ async def serve(config: Any, *, chain_for: Callable | None = None) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, worker.stop)
     loop.add_signal_handler(signal.SIGINT, worker.stop, min(config.graceful_timeout, 2.0))
+    if parent is not None:
+        # Under a master: stop when it is gone (gunicorn's ppid check), once a second.
+        def check_parent() -> None:
+            if os.getppid() != parent:
+                log.warning("the master process is gone; stopping")
+                worker.stop()
+            else:
+                loop.call_later(1.0, check_parent)
+        loop.call_later(1.0, check_parent)
     await worker.wait_stopped()
     return EXIT_OK
 
@@ -184,10 +194,13 @@ def chain_for_services(chains: dict[str, Any]) -> Callable | None:
     return lambda match: chains.get(match.service.name)
 
 
-def run(config: Any, *, chain_for: Callable | None = None) -> int:
-    """Run one worker in this process until SIGTERM or SIGINT; returns the exit code."""
+def run(config: Any, *, chain_for: Callable | None = None, parent: int | None = None) -> int:
+    """Run one worker in this process until SIGTERM or SIGINT; returns the exit code.
+
+    ``parent``: the master's pid, when this is one of its workers.
+    """
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(serve(config, chain_for=chain_for))
-    return uvloop.run(serve(config, chain_for=chain_for))
+        return asyncio.run(serve(config, chain_for=chain_for, parent=parent))
+    return uvloop.run(serve(config, chain_for=chain_for, parent=parent))
