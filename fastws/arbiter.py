@@ -16,6 +16,12 @@ After gunicorn's ``arbiter.py`` (STYLE section 5):
 Signals: TERM graceful stop (workers close every session with 1001 and get up
 to ``graceful_timeout``), INT the same with a short limit, TTIN/TTOU one worker
 more or less.
+
+Liveness (gunicorn's ``workertmp.py`` and ``murder_workers()``): each worker gets
+an unlinked temporary file and stamps it with ``time.monotonic()`` every second
+from its event loop.  A stamp older than ``worker_timeout`` means a blocked loop:
+the master sends SIGABRT, then SIGKILL if it is still there 5 seconds later, and
+the worker is replaced like any that died.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import queue
 import signal
 import socket
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -37,6 +44,7 @@ EXIT_BOOT_ERROR = 3
 SIGNALS = ("TERM", "INT", "TTIN", "TTOU", "CHLD")
 RESTART_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)   # after 0, 1, 2, ... deaths in a row
 QUICK_DEATH = 5.0                                 # a worker that lived less counts as "in a row"
+KILL_AFTER_ABORT = 5.0                            # SIGKILL a stuck worker this long after SIGABRT
 
 
 def check_listen_addresses(addresses: list[tuple[str, int]]) -> None:
@@ -65,7 +73,7 @@ def _set_title(title: str) -> None:
 
 
 class Arbiter:
-    """Runs ``worker_entry(config)`` in ``config.workers`` forked processes until stopped."""
+    """Runs ``worker_entry(config, heartbeat_fd)`` in ``config.workers`` forked processes until stopped."""
 
     def __init__(self, config: Any, worker_entry: Callable[[Any], int]) -> None:
         self.config = config
@@ -79,6 +87,8 @@ class Arbiter:
         self.next_spawn = 0.0
         self.exit_code = 0
         self.spawned = 0
+        self.heartbeats: dict[int, int] = {}    # pid -> fd of its unlinked heartbeat file
+        self.aborted: dict[int, float] = {}     # pid -> when SIGABRT was sent
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -127,19 +137,26 @@ class Arbiter:
 
     def spawn(self) -> int:
         self.spawned += 1
+        fd, path = tempfile.mkstemp(prefix="fastws-heartbeat-")
+        os.unlink(path)
+        now = time.monotonic()
+        os.utime(fd, (now, now))
         pid = os.fork()
         if pid:
-            self.workers[pid] = time.monotonic()
+            self.workers[pid] = now
+            self.heartbeats[pid] = fd
             return pid
         # Which worker this is (1, 2, ... in spawn order), for logs and plugins.
         os.environ["FASTWS_WORKER_ID"] = str(self.spawned)
+        for other in self.heartbeats.values():
+            os.close(other)
         # The worker: default signal dispositions (its loop installs its own), then run.
         code = 1
         try:
             for name in SIGNALS:
                 signal.signal(getattr(signal, f"SIG{name}"), signal.SIG_DFL)
             _set_title(f"fastws: worker ({self.config.source or 'no config file'})")
-            code = self.worker_entry(self.config)
+            code = self.worker_entry(self.config, fd)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -159,6 +176,10 @@ class Arbiter:
             if pid == 0:
                 return
             started = self.workers.pop(pid, None)
+            fd = self.heartbeats.pop(pid, None)
+            if fd is not None:
+                os.close(fd)
+            self.aborted.pop(pid, None)
             if started is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
@@ -175,6 +196,26 @@ class Arbiter:
             self.next_spawn = time.monotonic() + delay
             log.warning("worker %d died (%s); replacing it in %.1fs", pid,
                         f"signal {-code}" if code < 0 else f"exit {code}", delay)
+
+    def murder(self) -> None:
+        """Replace workers whose heartbeat is older than ``worker_timeout`` (a blocked loop)."""
+        now = time.monotonic()
+        for pid, fd in list(self.heartbeats.items()):
+            try:
+                silent = now - os.fstat(fd).st_mtime
+            except OSError:
+                continue
+            if silent <= self.config.worker_timeout:
+                continue
+            try:
+                if pid not in self.aborted:
+                    log.error("worker %d has not answered for %.1fs; replacing it", pid, silent)
+                    os.kill(pid, signal.SIGABRT)
+                    self.aborted[pid] = now
+                elif now - self.aborted[pid] > KILL_AFTER_ABORT:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def manage(self) -> None:
         if self.stopping:
@@ -200,6 +241,7 @@ class Arbiter:
                 sig = None
             if sig is not None:
                 getattr(self, f"handle_{signal.Signals(sig).name[3:].lower()}")()
+            self.murder()
             self.reap()
             if self.stopping:
                 if not self.workers:

@@ -116,4 +116,4 @@ def run_master(config) -> int:
         return 1
     master = os.getpid()
     # Each worker builds its own plugins and listeners after the fork.
-    return Arbiter(config, lambda cfg: run(cfg, parent=master)).run()
+    return Arbiter(config, lambda cfg, heartbeat: run(cfg, parent=master, heartbeat=heartbeat)).run()

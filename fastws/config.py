@@ -180,6 +180,7 @@ class Config:
     ping_interval: float
     ping_timeout: float
     graceful_timeout: float
+    worker_timeout: float
     drain_timeout: float
     client_max_payload: int
     upstream_max_payload: int
@@ -823,6 +824,12 @@ SETTINGS: list[Setting] = [
         "graceful_timeout", float, 10,
         "On SIGTERM, seconds to wait for sessions to finish their closing handshakes.",
         validator=_seconds, schema=_SECONDS,
+    ),
+    Setting(
+        "worker_timeout", float, 30,
+        "With --workers above 1: seconds a worker may go without its heartbeat (a blocked event "
+        "loop) before the master replaces it; must be > 0.",
+        validator=_seconds, schema=_POSITIVE_SECONDS,
     ),
     Setting(
         "drain_timeout", float, 30,

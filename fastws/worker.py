@@ -14,6 +14,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 from typing import Any, Callable
 
 from .echo import start_echo_server
@@ -158,7 +159,8 @@ class Worker:
             self.echo.close()
 
 
-async def serve(config: Any, *, chain_for: Callable | None = None, parent: int | None = None) -> int:
+async def serve(config: Any, *, chain_for: Callable | None = None, parent: int | None = None,
+                heartbeat: int | None = None) -> int:
     worker = Worker(config, chain_for=chain_for)
     try:
         await worker.start()
@@ -183,6 +185,14 @@ async def serve(config: Any, *, chain_for: Callable | None = None, parent: int |
             else:
                 loop.call_later(1.0, check_parent)
         loop.call_later(1.0, check_parent)
+    if heartbeat is not None:
+        # The master's liveness check: a stamp a second, from this loop (a blocked loop
+        # stops stamping).  The stamp is time.monotonic(), as the master compares it.
+        def beat() -> None:
+            now = time.monotonic()
+            os.utime(heartbeat, (now, now))
+            loop.call_later(1.0, beat)
+        beat()
     await worker.wait_stopped()
     return EXIT_OK
 
@@ -194,13 +204,16 @@ def chain_for_services(chains: dict[str, Any]) -> Callable | None:
     return lambda match: chains.get(match.service.name)
 
 
-def run(config: Any, *, chain_for: Callable | None = None, parent: int | None = None) -> int:
+def run(config: Any, *, chain_for: Callable | None = None, parent: int | None = None,
+        heartbeat: int | None = None) -> int:
     """Run one worker in this process until SIGTERM or SIGINT; returns the exit code.
 
-    ``parent``: the master's pid, when this is one of its workers.
+    ``parent``: the master's pid, and ``heartbeat`` the file descriptor to stamp,
+    when this is one of its workers.
     """
+    main = serve(config, chain_for=chain_for, parent=parent, heartbeat=heartbeat)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(serve(config, chain_for=chain_for, parent=parent))
-    return uvloop.run(serve(config, chain_for=chain_for, parent=parent))
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -209,3 +209,56 @@ def test_port_in_use_is_one_line(master):
     assert code != 0
     assert err.count("\n") == 0 and "cannot listen on 127.0.0.1" in err, err
     assert "Traceback" not in err
+
+
+def test_worker_with_a_blocked_loop_is_replaced(master, tmp_path):
+    """A worker whose event loop is stuck (here a plugin that blocks) stops its heartbeat:
+    the master replaces it within worker_timeout, and the proxy goes on serving."""
+    (tmp_path / "blocker.py").write_text(textwrap.dedent("""
+        import time
+
+        class Blocker:
+            name = "blocker"
+
+            def __init__(self, conf):
+                self.conf = conf
+
+            def ws_client_frame(self, ws):
+                data, typ, _ = ws.client.get_frame()
+                if data == b"block":
+                    time.sleep(120)             # the whole worker stops: no heartbeat
+    """))
+    config = tmp_path / "fastws.yaml"
+    config.write_text('worker_timeout: 1.5\nplugins:\n  - {name: "blocker:Blocker"}\n')
+    proc, port = master("--workers", "2", "--config", str(config),
+                        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), what="two workers")
+    wait_for(lambda: serving(port), what="the proxy to serve")
+
+    import websocket                            # websocket-client: synchronous, no event loop
+
+    blocked_conn = websocket.create_connection(f"ws://127.0.0.1:{port}/", timeout=10)
+    blocked_conn.send("block")
+    started = time.monotonic()
+    replaced = wait_for(lambda: len(set(children(proc.pid)) - set(workers)) == 1 and children(proc.pid),
+                        timeout=15, what="the stuck worker to be replaced")
+    elapsed = time.monotonic() - started
+    assert len(replaced) == 2
+    assert 1.0 < elapsed < 12, elapsed          # worker_timeout 1.5 s, checked every 0.5 s
+    assert "has not answered" in "".join(iter_stderr_nonblocking(proc))
+    wait_for(lambda: serving(port), what="the proxy to serve after the replacement")
+    blocked_conn.close()
+
+
+def iter_stderr_nonblocking(proc):
+    """What the master has written to stderr so far, without waiting for more."""
+    import fcntl
+    fd = proc.stderr.fileno()
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        chunk = proc.stderr.read()
+        if chunk:
+            yield chunk
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)

@@ -192,6 +192,7 @@ BAD_VALUES = [
     ("ping_timeout", "ping_timeout: 0", "ping_timeout: must be greater than 0, got 0"),
     ("graceful_timeout", "graceful_timeout: -1", "graceful_timeout: must be at least 0, got -1"),
     ("drain_timeout", "drain_timeout: null", "drain_timeout: must be a number, got null"),
+    ("worker_timeout", "worker_timeout: 0", "worker_timeout: must be greater than 0, got 0"),
     ("client_max_payload", "client_max_payload: 0", "client_max_payload: must be at least 1, got 0"),
     ("client_max_payload", "client_max_payload: 33554433", "client_max_payload: must be at most 33554432, got 33554433"),
     ("upstream_max_payload", "upstream_max_payload: 33554433",
