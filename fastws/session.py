@@ -52,10 +52,6 @@ class Side(enum.IntEnum):
     CLIENT = 0
     UPSTREAM = 1
 
-    @property
-    def peer(self) -> "Side":
-        return Side(1 - self)
-
 
 class InFlight:
     """The frame in the handler chain (inspect mode): what the PDK reads and edits.
@@ -106,7 +102,7 @@ class _Half:
 
     __slots__ = (
         "side", "parser", "writer", "inspect", "out", "close_sent", "close_received",
-        "close_sent_code", "close_received_code", "close_received_reason", "eof", "done",
+        "close_received_code", "close_received_reason", "eof", "done",
         "abort", "deadline", "pending_close", "fail_after_send", "agg", "agg_opcode",
         "ping_sent_at", "ping_payload", "peer", "broken_frame", "waiting",
     )
@@ -119,7 +115,6 @@ class _Half:
         self.out: list = []               # bytes-like objects to write TO this side
         self.close_sent = False           # a close frame was put on the stream to this side
         self.close_received = False       # this side sent a close frame
-        self.close_sent_code: int | None = None
         self.close_received_code: int | None = None
         self.close_received_reason = ""
         self.eof = False                  # this side's TCP connection ended
@@ -474,8 +469,7 @@ class Session:
             half.broken_frame = True        # it dropped in the middle of a forwarded frame
         if not half.close_received:
             # TCP drop without a close frame: SPEC section 6, 1001 to the other side.
-            self.closed_by = self.closed_by or side.name.lower()
-            self.close_cause = self.close_cause or "tcp drop"
+            self._first_cause(side.name.lower(), "tcp drop")
             if not peer.close_sent:
                 self._send_close(peer, CloseCode.GOING_AWAY, "", now)
         if peer.close_received and peer.close_sent:
@@ -486,8 +480,7 @@ class Session:
     def close(self, code: int, reason: str, now: float, cause: str = "proxy") -> None:
         """fastws closes both sides itself (shutdown 1001, drain timeout 1012)."""
         self.attention = True
-        self.closed_by = self.closed_by or "proxy"
-        self.close_cause = self.close_cause or cause
+        self._first_cause("proxy", cause)
         for half in self.halves:
             if not half.close_sent and not half.eof:
                 self._send_close(half, code, reason, now)
@@ -514,8 +507,7 @@ class Session:
                         code = None
                     self._send_close(peer, code, "", now)
             elif half.ping_sent_at is not None and now >= half.ping_sent_at + self.ping_timeout:
-                self.closed_by = self.closed_by or "proxy"
-                self.close_cause = self.close_cause or "ping timeout"
+                self._first_cause("proxy", "ping timeout")
                 self._fail_side(half, CloseCode.INTERNAL_ERROR, "Ping Timeout", now)
         if self.closing:
             return
@@ -534,6 +526,11 @@ class Session:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _first_cause(self, by: str, cause: str) -> None:
+        """Record who closed and why; the first cause wins (what follows is its consequence)."""
+        self.closed_by = self.closed_by or by
+        self.close_cause = self.close_cause or cause
+
     def _forward(self, dst: _Half, buffer, start: int, stop: int) -> None:
         if stop > start and not dst.close_sent and not dst.eof:
             dst.out.append(buffer[start:stop])
@@ -544,8 +541,11 @@ class Session:
         src = dst.peer
         return src.inspect or src.parser.frame_remaining == 0 or src.eof or src.parser.failed
 
-    def _send_close(self, dst: _Half, code: int | None, reason: str, now: float, fail: bool = False) -> None:
-        """Put a close frame made by fastws on the stream to ``dst``."""
+    def _send_close(self, dst: _Half, code: int | None, reason: str, now: float, fail: bool = False,
+                    raw: bytes | None = None) -> None:
+        """Put a close frame on the stream to ``dst``: one fastws makes, or ``raw``, a peer's
+        close frame forwarded as it is (its code and reason are still given, in case it
+        must wait for a frame boundary and be rebuilt)."""
         self.attention = True
         if dst.close_sent or dst.eof:
             if fail:
@@ -564,9 +564,8 @@ class Session:
             dst.deadline = now + self.close_timeout
             self.timers_dirty = True
             return
-        dst.out.append(dst.writer.close_frame(code, reason))
+        dst.out.append(raw if raw is not None else dst.writer.close_frame(code, reason))
         dst.close_sent = True
-        dst.close_sent_code = code
         dst.deadline = now + self.close_timeout
         self.timers_dirty = True
         if fail or dst.close_received:
@@ -585,19 +584,9 @@ class Session:
         if src.close_sent:
             src.done = True                     # its answer to our (or the peer's) close
             src.deadline = None
-        if raw is not None and not dst.close_sent and not dst.eof:
-            if self._at_boundary(dst):
-                dst.out.append(raw if isinstance(raw, bytes) else bytes(raw))
-                dst.close_sent = True
-                dst.close_sent_code = code
-                dst.deadline = now + self.close_timeout
-                self.timers_dirty = True
-            else:
-                dst.pending_close = (code if code != CloseCode.NO_STATUS_RCVD else None, reason, False)
-                dst.deadline = now + self.close_timeout
-                self.timers_dirty = True
-        if dst.close_sent and dst.close_received:
-            dst.done = True
+        if raw is not None:
+            self._send_close(dst, code if code != CloseCode.NO_STATUS_RCVD else None, reason, now,
+                             raw=bytes(raw))
         if dst.eof:
             src.done = True                     # nobody left to answer for
         if not src.close_sent and dst.eof:
@@ -605,8 +594,7 @@ class Session:
 
     def _protocol_error(self, src: _Half, exc: ProtocolError, now: float) -> None:
         """SPEC section 4/6: the offender gets 1002/1007/1009, its peer 1001 with no reason."""
-        self.closed_by = self.closed_by or "proxy"
-        self.close_cause = self.close_cause or f"{src.side.name.lower()} protocol error: {exc}"
+        self._first_cause("proxy", f"{src.side.name.lower()} protocol error: {exc}")
         code = int(exc.code)
         self._fail_side(src, code, CLOSE_REASONS.get(code, ""), now)
 
@@ -631,16 +619,14 @@ class Session:
         """SPEC section 5: a handler raised: 1011 "Internal Server Error" to both sides."""
         if self.on_error is not None:
             self.on_error(exc, phase)
-        self.closed_by = self.closed_by or "proxy"
-        self.close_cause = self.close_cause or f"handler error in {phase}"
+        self._first_cause("proxy", f"handler error in {phase}")
         for half in self.halves:
             self._send_close(half, CloseCode.INTERNAL_ERROR, "Internal Server Error", now, fail=True)
 
     def _handler_close(self, src: _Half, args: tuple, now: float) -> None:
         """A handler called close(): the first pair to ``src``, the second to its peer."""
         status, message, peer_status, peer_message = args
-        self.closed_by = self.closed_by or "proxy"
-        self.close_cause = self.close_cause or "handler close"
+        self._first_cause("proxy", "handler close")
         dst = src.peer
         # A status of None is a close frame with no code (an empty payload).
         self._send_close(src, status, message or "", now)
