@@ -88,24 +88,59 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fastws: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from .worker import build_chains, chain_for_services, run
-
     try:
-        chains = build_chains(config)   # load and check every plugin before listening
+        check_plugins(config)       # every plugin loads and its config checks out, before listening
     except ConfigError as exc:
         print(f"fastws: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.log_level)
-    if config.workers > 1:
-        return run_master(config)
-    if config.echo:
-        # The echo service is made by the worker: it gets the global plugins there.
-        return run(config)
-    return run(config, chain_for=chain_for_services(chains))
+    return run_master(config, lambda: reload_config(args))
 
 
-def run_master(config) -> int:
-    """``--workers N``: a master process (no event loop) and N forked workers."""
+def reload_config(args: argparse.Namespace):
+    """SIGHUP: the config file read again, under the same command-line flags, plugins checked."""
+    from .config import config_from_args
+
+    config = config_from_args(args)
+    check_plugins(config)
+    return config
+
+
+def check_plugins(config) -> None:
+    """Load every plugin of ``config`` and check its config, in a throw-away child process.
+
+    The master never imports plugin code itself: the workers it forks then import it
+    fresh, so a reload (SIGHUP) picks up changed plugin modules, as gunicorn's workers do.
+
+    Raises:
+        ConfigError: what the child found wrong (a plugin that cannot load, a bad plugin config).
+    """
+    from .worker import build_chains
+
+    if not (config.plugins or any(service.plugins for service in config.services)):
+        return
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                # the child: check, report, exit
+        os.close(read)
+        code = 0
+        try:
+            build_chains(config)
+        except BaseException as exc:            # a plugin may raise anything while loading
+            os.write(write, (str(exc) if isinstance(exc, ConfigError)
+                             else f"{type(exc).__name__}: {exc}").encode()[:65536])
+            code = EXIT_USAGE
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise ConfigError(message or "checking the plugins failed")
+
+
+def run_master(config, reload_config=None) -> int:
+    """A master process (no event loop) and ``config.workers`` forked workers (SPEC section 7)."""
     from .arbiter import Arbiter, check_listen_addresses
     from .worker import run
 
@@ -116,4 +151,8 @@ def run_master(config) -> int:
         return 1
     master = os.getpid()
     # Each worker builds its own plugins and listeners after the fork.
-    return Arbiter(config, lambda cfg, heartbeat: run(cfg, parent=master, heartbeat=heartbeat)).run()
+    return Arbiter(
+        config,
+        lambda cfg, heartbeat, ready: run(cfg, parent=master, heartbeat=heartbeat, ready=ready),
+        reload_config=reload_config,
+    ).run()

@@ -88,6 +88,8 @@ class Worker:
         self.echo: asyncio.AbstractServer | None = None
         self._stop = asyncio.Event()
         self._stop_timeout = config.graceful_timeout
+        self.draining = False
+        self._drain_requested = False
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
@@ -132,19 +134,55 @@ class Worker:
         """Begin a graceful stop (SIGTERM: graceful_timeout; SIGINT: quicker)."""
         if timeout is not None:
             self._stop_timeout = timeout
+        self._drain_requested = False
         self._stop.set()
+
+    def drain(self) -> None:
+        """Begin a drain (SIGQUIT from the master on reload): stop accepting, keep the sessions
+        up to ``drain_timeout``, then close them with 1012 "Service Restart"."""
+        if not self._stop.is_set():
+            self._drain_requested = True
+            self._stop.set()
 
     async def wait_stopped(self) -> None:
         await self._stop.wait()
+        if self._drain_requested:
+            self._stop.clear()
+            await self._drain()
+            if self._drain_requested:           # not cut short by SIGTERM/SIGINT
+                await self.shutdown(self._stop_timeout, CloseCode.SERVICE_RESTART,
+                                    "Service Restart", "drain timeout")
+                return
         await self.shutdown(self._stop_timeout)
 
-    async def shutdown(self, timeout: float) -> None:
-        """Stop accepting, close every session with 1001, wait up to ``timeout``."""
+    async def _drain(self) -> None:
+        self.draining = True
+        self.stop_accepting()
+        proxy = self.proxy
+        if proxy is None or not proxy.links:
+            return
+        log.info("draining %d connection(s) for up to %.0fs", len(proxy.links),
+                 self.config.drain_timeout)
+        idle = asyncio.ensure_future(proxy.closed_event.wait())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((idle, stop), timeout=self.config.drain_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+            stop.cancel()
+
+    def stop_accepting(self) -> None:
         for server in self.listeners:
             server.close()
+
+    async def shutdown(self, timeout: float, code: int = CloseCode.GOING_AWAY,
+                       reason: str = "Going Away", cause: str = "shutdown") -> None:
+        """Stop accepting, close every session with ``code`` (1001), wait up to ``timeout``."""
+        self.stop_accepting()
         proxy = self.proxy
         if proxy is not None and proxy.links:
-            proxy.close_all(CloseCode.GOING_AWAY, "Going Away", "shutdown")
+            proxy.close_all(code, reason, cause)
             try:
                 await asyncio.wait_for(proxy.closed_event.wait(), timeout)
             except asyncio.TimeoutError:
@@ -160,7 +198,7 @@ class Worker:
 
 
 async def serve(config: Any, *, chain_for: Callable | None = None, parent: int | None = None,
-                heartbeat: int | None = None) -> int:
+                heartbeat: int | None = None, ready: int | None = None) -> int:
     worker = Worker(config, chain_for=chain_for)
     try:
         await worker.start()
@@ -176,6 +214,10 @@ async def serve(config: Any, *, chain_for: Callable | None = None, parent: int |
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, worker.stop)
     loop.add_signal_handler(signal.SIGINT, worker.stop, min(config.graceful_timeout, 2.0))
+    loop.add_signal_handler(signal.SIGQUIT, worker.drain)
+    if ready is not None:
+        os.write(ready, b"1")                   # listening: the master may retire the old workers
+        os.close(ready)
     if parent is not None:
         # Under a master: stop when it is gone (gunicorn's ppid check), once a second.
         def check_parent() -> None:
@@ -205,13 +247,13 @@ def chain_for_services(chains: dict[str, Any]) -> Callable | None:
 
 
 def run(config: Any, *, chain_for: Callable | None = None, parent: int | None = None,
-        heartbeat: int | None = None) -> int:
+        heartbeat: int | None = None, ready: int | None = None) -> int:
     """Run one worker in this process until SIGTERM or SIGINT; returns the exit code.
 
-    ``parent``: the master's pid, and ``heartbeat`` the file descriptor to stamp,
-    when this is one of its workers.
+    Under a master: ``parent`` is its pid, ``heartbeat`` the file descriptor to stamp and
+    ``ready`` the pipe to write one byte to once listening; SIGQUIT drains (reload).
     """
-    main = serve(config, chain_for=chain_for, parent=parent, heartbeat=heartbeat)
+    main = serve(config, chain_for=chain_for, parent=parent, heartbeat=heartbeat, ready=ready)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -65,6 +66,11 @@ def master(tmp_path):
             env={**os.environ, **(env or {})},
         )
         started.append(proc)
+        # Everything the master and its workers write to stderr, read as it comes.
+        proc.err_lines = []
+        proc.err_reader = threading.Thread(target=lambda: proc.err_lines.extend(iter(proc.stderr.readline, "")),
+                                           daemon=True)
+        proc.err_reader.start()
         return proc, port
 
     yield start
@@ -77,6 +83,7 @@ def master(tmp_path):
                     pass
             proc.kill()
         proc.wait(10)
+        proc.err_reader.join(10)
         proc.stdout.close()
         proc.stderr.close()
 
@@ -167,7 +174,7 @@ def test_worker_boot_failure_stops_the_master(master, tmp_path):
     proc, _ = master("--workers", "2", "--config", str(config),
                      env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     code = proc.wait(20)
-    err = proc.stderr.read()
+    err = stderr_of(proc)
     assert code == 3, err
     assert "cannot start in a worker" in err
     assert err.count("failed to boot") <= 2         # at most once a worker, not a loop
@@ -205,7 +212,7 @@ def test_port_in_use_is_one_line(master):
         blocker.listen()
         proc, _ = master("--workers", "2", port=port)
         code = proc.wait(15)
-    err = proc.stderr.read().strip()
+    err = stderr_of(proc).strip()
     assert code != 0
     assert err.count("\n") == 0 and "cannot listen on 127.0.0.1" in err, err
     assert "Traceback" not in err
@@ -245,20 +252,238 @@ def test_worker_with_a_blocked_loop_is_replaced(master, tmp_path):
     elapsed = time.monotonic() - started
     assert len(replaced) == 2
     assert 1.0 < elapsed < 12, elapsed          # worker_timeout 1.5 s, checked every 0.5 s
-    assert "has not answered" in "".join(iter_stderr_nonblocking(proc))
+    assert "has not answered" in stderr_of(proc)
     wait_for(lambda: serving(port), what="the proxy to serve after the replacement")
     blocked_conn.close()
 
 
-def iter_stderr_nonblocking(proc):
-    """What the master has written to stderr so far, without waiting for more."""
-    import fcntl
-    fd = proc.stderr.fileno()
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+def stderr_of(proc) -> str:
+    """What the master and its workers have written to stderr so far (all of it once exited)."""
+    if proc.poll() is not None:
+        proc.err_reader.join(10)
+    return "".join(proc.err_lines)
+
+
+# -- reload (SIGHUP) ------------------------------------------------------------------------------
+
+TAGGER = textwrap.dedent("""
+    class Tagger:
+        '''Answers each client message itself, tagged with the config's tag.'''
+        name = "tagger"
+
+        def __init__(self, conf):
+            self.tag = conf["tag"]
+
+        def ws_client_frame(self, ws):
+            data, kind, _ = ws.client.get_frame()
+            if kind != "text":
+                return
+            ws.client.drop_frame()
+            ws.client.send(self.tag + ":" + data.decode())
+""")
+
+
+def tagger_config(path, tag: str, drain_timeout: float = 2.0, workers: int = 2) -> None:
+    path.write_text(f"workers: {workers}\ndrain_timeout: {drain_timeout}\n"
+                    f'plugins:\n  - {{name: "tagger:Tagger", config: {{tag: "{tag}"}}}}\n')
+
+
+def migrate_req() -> str | None:
     try:
-        chunk = proc.stderr.read()
-        if chunk:
-            yield chunk
-    finally:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def tagged(master, tmp_path):
+    """A master with two workers whose plugin tags every answer with the config's tag."""
+    (tmp_path / "tagger.py").write_text(TAGGER)
+    config = tmp_path / "fastws.yaml"
+    tagger_config(config, "v1")
+
+    def start(**kwargs):
+        proc, port = master("--config", str(config), **kwargs,
+                            env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+        workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), what="two workers")
+        wait_for(lambda: tag_of(port) == "v1", what="the proxy to serve")
+        return proc, port, config, workers
+    return start
+
+
+def tag_of(port: int) -> str | None:
+    async def probe():
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/", open_timeout=2) as ws:
+                await ws.send("probe")
+                return (await asyncio.wait_for(ws.recv(), 2)).split(":")[0]
+        except (OSError, websockets.WebSocketException, asyncio.TimeoutError):
+            return None
+    return run(probe(), 10)
+
+
+async def connect_loop(port: int, stop: asyncio.Event, *, parallel: int = 48, limit: int = 20000,
+                       seconds: float = 30.0) -> dict:
+    """Open, use and close connections back to back (``parallel`` at a time) until ``stop`` is set,
+    ``limit`` attempts were made or ``seconds`` passed; count every attempt, failure and tag."""
+    counts = {"attempted": 0, "failed": 0, "tags": {}, "errors": []}
+    deadline = asyncio.get_running_loop().time() + seconds
+
+    async def one_loop(n: int) -> None:
+        while not stop.is_set() and counts["attempted"] < limit \
+                and asyncio.get_running_loop().time() < deadline:
+            counts["attempted"] += 1
+            try:
+                async with websockets.connect(f"ws://127.0.0.1:{port}/", open_timeout=5,
+                                              close_timeout=5) as ws:
+                    await ws.send(f"c{n}")
+                    tag = (await asyncio.wait_for(ws.recv(), 5)).split(":")[0]
+                counts["tags"][tag] = counts["tags"].get(tag, 0) + 1
+            except Exception as exc:        # every kind of failure counts: refused, reset, timeout
+                counts["failed"] += 1
+                if len(counts["errors"]) < 5:
+                    counts["errors"].append(repr(exc))
+
+    await asyncio.gather(*(one_loop(n) for n in range(parallel)))
+    return counts
+
+
+def reload_under_load(proc, port: int, config, workers) -> tuple[dict, list, float]:
+    """SIGHUP to a v2 config while a connect loop runs; the loop goes on until every old
+    worker has exited, and one more second."""
+    async def scenario():
+        stop = asyncio.Event()
+        loop_task = asyncio.ensure_future(connect_loop(port, stop))
+        await asyncio.sleep(1.0)
+        tagger_config(config, "v2", drain_timeout=1.0)
+        proc.send_signal(signal.SIGHUP)
+        started = time.monotonic()
+        while any(pid in children(proc.pid) for pid in workers):
+            await asyncio.sleep(0.05)
+            assert time.monotonic() - started < 30, "old workers did not exit"
+        swapped = time.monotonic() - started
+        await asyncio.sleep(1.0)
+        stop.set()
+        return await loop_task, swapped
+
+    counts, swapped = run(scenario(), 60)
+    return counts, children(proc.pid), swapped
+
+
+@pytest.mark.skipif(migrate_req() != "1",
+                    reason="needs net.ipv4.tcp_migrate_req=1 (.ci/run sets it; see README, Reload)")
+def test_reload_under_load_refuses_no_connection(tagged):
+    proc, port, config, workers = tagged()
+    counts, now_workers, swapped = reload_under_load(proc, port, config, workers)
+    print(f"\nreload under load: {counts['attempted']} connections attempted, {counts['failed']} failed, "
+          f"tags {counts['tags']}, old workers gone {swapped:.2f}s after SIGHUP")
+    assert counts["failed"] == 0, counts
+    assert counts["tags"].get("v1", 0) > 0 and counts["tags"].get("v2", 0) > 0, counts
+    assert set(counts["tags"]) == {"v1", "v2"}
+    assert counts["attempted"] > 200, counts          # the loop really was tight
+    assert len(now_workers) == 2 and not set(now_workers) & set(workers)
+    assert tag_of(port) == "v2"
+    assert proc.poll() is None
+
+
+def test_reload_drains_old_sessions_then_closes_them_with_1012(tagged):
+    proc, port, config, workers = tagged()
+
+    async def scenario():
+        old = [await websockets.connect(f"ws://127.0.0.1:{port}/") for _ in range(6)]
+        for ws in old:
+            await ws.send("before")
+            assert await ws.recv() == "v1:before"
+        tagger_config(config, "v2", drain_timeout=1.0)      # the old workers keep drain_timeout 2
+        proc.send_signal(signal.SIGHUP)
+        reloaded = time.monotonic()
+        # New workers start while the old ones still hold their sessions.
+        try:
+            await asyncio.to_thread(wait_for, lambda: len(children(proc.pid)) >= 4, 10, "new workers")
+        except AssertionError:
+            raise AssertionError(stderr_of(proc))
+        async with websockets.connect(f"ws://127.0.0.1:{port}/") as new:
+            await new.send("new")
+            assert await new.recv() == "v2:new"         # new connections: the new config
+        # Old sessions keep working, on the old config, during the drain.
+        for i, ws in enumerate(old):
+            await ws.send(f"during {i}")
+            assert await ws.recv() == f"v1:during {i}"
+        codes = []
+        for ws in old:
+            try:
+                await asyncio.wait_for(ws.recv(), 10)
+            except websockets.ConnectionClosed as exc:
+                codes.append((exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else None)
+        return codes, time.monotonic() - reloaded
+
+    codes, elapsed = run(scenario(), 40)
+    assert codes == [(1012, "Service Restart")] * 6
+    assert 1.5 < elapsed < 6, elapsed                   # drain_timeout 2 s (the old config's)
+    wait_for(lambda: not set(children(proc.pid)) & set(workers), what="the old workers to exit")
+    assert len(children(proc.pid)) == 2
+    assert tag_of(port) == "v2"
+
+
+@pytest.mark.parametrize("broken", [
+    ("drain_timeout: -1\n", "drain_timeout"),
+    ('plugins:\n  - {name: "no_such_module:Plugin"}\n', "no_such_module"),
+    ("workers: [\n", "yaml"),
+])
+def test_reload_with_a_broken_config_keeps_the_old_one(tagged, broken):
+    text, named = broken
+    proc, port, config, workers = tagged()
+
+    async def hold():
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}/")
+        await ws.send("a")
+        assert await ws.recv() == "v1:a"
+        return ws
+
+    async def scenario():
+        ws = await hold()
+        config.write_text(text)
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(1.5)
+        await ws.send("b")                              # the session was not touched
+        reply = await ws.recv()
+        await ws.close()
+        return reply
+
+    assert run(scenario(), 20) == "v1:b"
+    assert sorted(children(proc.pid)) == sorted(workers)     # no worker was started or stopped
+    assert tag_of(port) == "v1"
+    err = stderr_of(proc)
+    assert "reload" in err and "still serving generation 1" in err, err
+    assert named in err.lower(), err
+    # A good config afterwards reloads as usual.
+    tagger_config(config, "v3")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: tag_of(port) == "v3", what="the next reload to take effect")
+
+
+def test_reload_whose_new_workers_fail_to_boot_rolls_back(tagged, tmp_path):
+    """The new config passes the master's check but its workers cannot start: the old ones go on."""
+    proc, port, config, workers = tagged()
+    (tmp_path / "bootfail.py").write_text(textwrap.dedent("""
+        import os
+
+        class BootFail:
+            name = "bootfail"
+
+            def __init__(self, conf):
+                if os.environ.get("FASTWS_WORKER_ID"):      # fine in the master's check
+                    raise RuntimeError("cannot start in a worker")
+
+            def ws_client_frame(self, ws):
+                pass
+    """))
+    config.write_text('plugins:\n  - {name: "bootfail:BootFail"}\n')
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed" in stderr_of(proc), what="the reload to fail")
+    err = stderr_of(proc)
+    assert "cannot start in a worker" in err and "still serving generation 1" in err, err
+    wait_for(lambda: sorted(children(proc.pid)) == sorted(workers), what="the failed workers to go")
+    assert tag_of(port) == "v1"
+    assert proc.poll() is None
