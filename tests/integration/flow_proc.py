@@ -110,13 +110,21 @@ class FastwsProcess:
             time.sleep(0.02)
         return text
 
+    def pids(self) -> list[int]:
+        """The master and its workers (``python -m fastws`` is a master with forked workers)."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                return [self.pid, *map(int, f.read().split())]
+        except FileNotFoundError:
+            return [self.pid]
+
     def rss(self) -> int:
-        """Resident set size now, in bytes."""
-        return memory_kib(self.pid, "VmRSS") * 1024
+        """Resident set size now of the master and its workers, in bytes."""
+        return sum(memory_kib(pid, "VmRSS") for pid in self.pids()) * 1024
 
     def peak_rss(self) -> int:
-        """Peak resident set size since the process started, in bytes."""
-        return memory_kib(self.pid, "VmHWM") * 1024
+        """Peak resident set size of the master and its workers, summed, in bytes."""
+        return sum(memory_kib(pid, "VmHWM") for pid in self.pids()) * 1024
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
