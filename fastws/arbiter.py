@@ -124,17 +124,15 @@ class Arbiter:
 
     ``reload_config()`` returns the config to reload on SIGHUP, or raises ``ConfigError``
     (naming the problem); without it SIGHUP only starts fresh workers on the same config.
-    ``admin``: an object with ``fds()``, ``handle(readable)`` and ``close()`` served from
-    the main loop (the admin endpoint), created after the master's set-up.
+    ``admin``, when set before ``run()``: an object with ``fds()``, ``handle(readable)`` and
+    ``close()`` served from the main loop (the admin endpoint).
     """
 
     def __init__(self, config: Any, worker_entry: Callable[..., int], *,
-                 reload_config: Callable[[], Any] | None = None,
-                 admin_factory: Callable[["Arbiter"], Any] | None = None) -> None:
+                 reload_config: Callable[[], Any] | None = None) -> None:
         self.config = config
         self.worker_entry = worker_entry
         self.reload_config = reload_config
-        self.admin_factory = admin_factory
         self.admin: Any = None
         self.workers: dict[int, WorkerProcess] = {}
         self.target = config.workers
@@ -221,6 +219,8 @@ class Arbiter:
             self.reloads["failed"] += 1
             log.error("reload failed, still serving generation %d: %s", self.generation, exc.strerror)
             return
+        if config.admin != self.config.admin:
+            log.warning("reload: the admin address stays %s until a restart", self.config.admin)
         self.reloading = (self.config, self.generation, self.target)
         self.config = config
         self.generation += 1
@@ -456,8 +456,6 @@ class Arbiter:
     def run(self) -> int:
         set_title(f"fastws: master ({self.config.source or 'no config file'})")
         self._install_signals()
-        if self.admin_factory is not None:
-            self.admin = self.admin_factory(self)
         log.info("master %d starting %d worker(s)", os.getpid(), self.target)
         try:
             self.manage()

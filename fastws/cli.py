@@ -151,8 +151,32 @@ def run_master(config, reload_config=None) -> int:
         return 1
     master = os.getpid()
     # Each worker builds its own plugins and listeners after the fork.
-    return Arbiter(
+    arbiter = Arbiter(
         config,
         lambda cfg, heartbeat, ready: run(cfg, parent=master, heartbeat=heartbeat, ready=ready),
         reload_config=reload_config,
-    ).run()
+    )
+    if config.admin is None:
+        return arbiter.run()
+    import shutil
+    import tempfile
+
+    from .metrics import MULTIPROC_ENV
+
+    # Before prometheus-client is imported anywhere: it picks its storage on import.
+    metrics_dir = tempfile.mkdtemp(prefix="fastws-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        from .admin import AdminServer
+
+        try:
+            arbiter.admin = AdminServer(arbiter, config.admin, metrics_dir)
+        except OSError as exc:
+            print(f"fastws: {exc.strerror}", file=sys.stderr)
+            return 1
+        arbiter.on_reap = lambda pid: mark_process_dead(pid, metrics_dir)
+        return arbiter.run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -827,13 +827,14 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "worker_timeout", float, 30,
-        "With --workers above 1: seconds a worker may go without its heartbeat (a blocked event "
-        "loop) before the master replaces it; must be > 0.",
+        "Seconds a worker may go without its heartbeat (a blocked event loop) before the master "
+        "replaces it, and that new workers have to start listening during a reload; must be > 0.",
         validator=_seconds, schema=_POSITIVE_SECONDS,
     ),
     Setting(
         "drain_timeout", float, 30,
-        "On reload (SIGHUP), seconds old workers keep their sessions before closing them with 1012.",
+        "On reload (SIGHUP), seconds old workers keep their sessions (they no longer accept) before "
+        "closing them with 1012 \"Service Restart\".",
         validator=_seconds, schema=_SECONDS,
     ),
     Setting(

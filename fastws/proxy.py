@@ -531,7 +531,10 @@ class _Link:
     def _handler_error(self, exc: BaseException, phase: str) -> None:
         # HandlerError names the plugin and the phase; the traceback is its cause's.
         log.error("%s", exc, exc_info=exc.__cause__ or exc)
-        self.server.handler_errors += 1
+        server = self.server
+        server.handler_errors += 1
+        plugin = getattr(exc, "plugin", "?")
+        server.handler_errors_by_plugin[plugin] = server.handler_errors_by_plugin.get(plugin, 0) + 1
 
     def _wake(self) -> None:
         """A handler queued a message (PDK send): write it soon, even if no read comes."""
@@ -784,6 +787,14 @@ class ProxyServer:
         self.connections_total = 0
         self.handshakes: dict[int, int] = {}
         self.handler_errors = 0
+        self.handler_errors_by_plugin: dict[str, int] = {}
+        # What closed connections carried, for the metrics (live ones are read at each report):
+        # messages, payload bytes and dropped frames from the client [0] and the upstream [1];
+        # and how sessions ended, by (who, close code).
+        self.closed_messages = [0, 0]
+        self.closed_bytes = [0, 0]
+        self.closed_drops = [0, 0]
+        self.closes: dict[tuple[str, int], int] = {}
         self.closed_event = asyncio.Event()
 
     def protocol_factory(self, listen: Any = None) -> Callable[[], ClientEndpoint]:
@@ -815,6 +826,14 @@ class ProxyServer:
 
     def connection_closed(self, link: _Link) -> None:
         self.links.discard(link)
+        session = link.session
+        if session is not None:
+            for i, half in enumerate(session.halves):
+                self.closed_messages[i] += half.parser.messages
+                self.closed_bytes[i] += half.parser.payload_bytes
+                self.closed_drops[i] += half.dropped
+            key = (session.closed_by or "proxy", session.close_code or CloseCode.ABNORMAL_CLOSURE)
+            self.closes[key] = self.closes.get(key, 0) + 1
         stats = link.stats
         # A bare TCP connection (a port check that sent no request) is not logged, as
         # nginx and Kong do not log one either.

@@ -104,7 +104,7 @@ class _Half:
         "side", "parser", "writer", "inspect", "out", "close_sent", "close_received",
         "close_received_code", "close_received_reason", "eof", "done",
         "abort", "deadline", "pending_close", "fail_after_send", "agg", "agg_opcode",
-        "ping_sent_at", "ping_payload", "peer", "broken_frame", "waiting",
+        "ping_sent_at", "ping_payload", "peer", "broken_frame", "waiting", "dropped",
     )
 
     def __init__(self, side: Side, parser: FrameParser, writer: FrameWriter, inspect: bool) -> None:
@@ -123,6 +123,7 @@ class _Half:
         self.deadline: float | None = None  # drop the connection then (close reply overdue)
         self.pending_close: tuple | None = None  # (code, reason, fail) waiting for a frame boundary
         self.fail_after_send = False      # close the connection right after the close frame
+        self.dropped = 0                  # frames from this side a handler dropped
         self.agg: bytearray | None = None  # inspect: message being aggregated
         self.agg_opcode = 0
         self.ping_sent_at: float | None = None
@@ -193,6 +194,7 @@ class Session:
         self.next_ping = now + ping_interval if ping_interval > 0 else None
         self.closed_by: str | None = None   # "client", "upstream" or "proxy"
         self.close_cause: str | None = None
+        self.close_code: int | None = None  # of the close that ended it (1006: a TCP drop)
         self.on_error = on_error
         self._ping_counter = 0
         # Set when a deadline may have moved earlier: the proxy then reschedules its timer.
@@ -403,6 +405,8 @@ class Session:
             return False
         if not frame.dropped:
             self._forward_frame(dst, frame)
+        else:
+            src.dropped += 1
         return True
 
     def _forward_frame(self, dst: _Half, frame: InFlight) -> None:
@@ -469,7 +473,7 @@ class Session:
             half.broken_frame = True        # it dropped in the middle of a forwarded frame
         if not half.close_received:
             # TCP drop without a close frame: SPEC section 6, 1001 to the other side.
-            self._first_cause(side.name.lower(), "tcp drop")
+            self._first_cause(side.name.lower(), "tcp drop", CloseCode.ABNORMAL_CLOSURE)
             if not peer.close_sent:
                 self._send_close(peer, CloseCode.GOING_AWAY, "", now)
         if peer.close_received and peer.close_sent:
@@ -480,7 +484,7 @@ class Session:
     def close(self, code: int, reason: str, now: float, cause: str = "proxy") -> None:
         """fastws closes both sides itself (shutdown 1001, drain timeout 1012)."""
         self.attention = True
-        self._first_cause("proxy", cause)
+        self._first_cause("proxy", cause, code)
         for half in self.halves:
             if not half.close_sent and not half.eof:
                 self._send_close(half, code, reason, now)
@@ -507,7 +511,7 @@ class Session:
                         code = None
                     self._send_close(peer, code, "", now)
             elif half.ping_sent_at is not None and now >= half.ping_sent_at + self.ping_timeout:
-                self._first_cause("proxy", "ping timeout")
+                self._first_cause("proxy", "ping timeout", CloseCode.INTERNAL_ERROR)
                 self._fail_side(half, CloseCode.INTERNAL_ERROR, "Ping Timeout", now)
         if self.closing:
             return
@@ -526,9 +530,12 @@ class Session:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _first_cause(self, by: str, cause: str) -> None:
-        """Record who closed and why; the first cause wins (what follows is its consequence)."""
-        self.closed_by = self.closed_by or by
+    def _first_cause(self, by: str, cause: str, code: int | None) -> None:
+        """Record who closed, why and with which code; the first cause wins (what follows is
+        its consequence)."""
+        if self.closed_by is None:
+            self.closed_by = by
+            self.close_code = code
         self.close_cause = self.close_cause or cause
 
     def _forward(self, dst: _Half, buffer, start: int, stop: int) -> None:
@@ -578,9 +585,7 @@ class Session:
         src.close_received_code = code
         src.close_received_reason = reason
         src.ping_sent_at = None
-        if self.closed_by is None:
-            self.closed_by = src.side.name.lower()
-            self.close_cause = "close frame"
+        self._first_cause(src.side.name.lower(), "close frame", code)
         if src.close_sent:
             src.done = True                     # its answer to our (or the peer's) close
             src.deadline = None
@@ -594,8 +599,8 @@ class Session:
 
     def _protocol_error(self, src: _Half, exc: ProtocolError, now: float) -> None:
         """SPEC section 4/6: the offender gets 1002/1007/1009, its peer 1001 with no reason."""
-        self._first_cause("proxy", f"{src.side.name.lower()} protocol error: {exc}")
         code = int(exc.code)
+        self._first_cause("proxy", f"{src.side.name.lower()} protocol error: {exc}", code)
         self._fail_side(src, code, CLOSE_REASONS.get(code, ""), now)
 
     def _fail_side(self, half: _Half, code: int, reason: str, now: float) -> None:
@@ -619,14 +624,15 @@ class Session:
         """SPEC section 5: a handler raised: 1011 "Internal Server Error" to both sides."""
         if self.on_error is not None:
             self.on_error(exc, phase)
-        self._first_cause("proxy", f"handler error in {phase}")
+        self._first_cause("proxy", f"handler error in {phase}", CloseCode.INTERNAL_ERROR)
         for half in self.halves:
             self._send_close(half, CloseCode.INTERNAL_ERROR, "Internal Server Error", now, fail=True)
 
     def _handler_close(self, src: _Half, args: tuple, now: float) -> None:
         """A handler called close(): the first pair to ``src``, the second to its peer."""
         status, message, peer_status, peer_message = args
-        self._first_cause("proxy", "handler close")
+        self._first_cause("proxy", "handler close",
+                          status if status is not None else CloseCode.NO_STATUS_RCVD)
         dst = src.peer
         # A status of None is a close frame with no code (an empty payload).
         self._send_close(src, status, message or "", now)

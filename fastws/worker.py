@@ -20,6 +20,7 @@ from typing import Any, Callable
 from .echo import start_echo_server
 from .errors import ConfigError
 from .frames import CloseCode
+from .metrics import enabled as metrics_enabled
 from .proxy import ProxyServer, access_log_writer
 
 __all__ = ["run", "serve", "Worker", "EXIT_OK", "EXIT_BOOT_ERROR"]
@@ -88,6 +89,7 @@ class Worker:
         self.echo: asyncio.AbstractServer | None = None
         self._stop = asyncio.Event()
         self._stop_timeout = config.graceful_timeout
+        self.chains: dict[str, Any] = {}
         self.draining = False
         self._drain_requested = False
         self.addresses: list[tuple[str, int]] = []
@@ -105,7 +107,8 @@ class Worker:
             services = [upstream_service(f"ws://127.0.0.1:{port}/", name="echo")]
         chain_for = self.chain_for
         if chain_for is None:
-            chain_for = chain_for_services(build_chains(config, services))
+            self.chains = build_chains(config, services)
+            chain_for = chain_for_services(self.chains)
         access_log = None
         if config.access_log:
             stream = sys.stdout if config.access_log == "-" else open(config.access_log, "a", buffering=1)
@@ -227,15 +230,26 @@ async def serve(config: Any, *, chain_for: Callable | None = None, parent: int |
             else:
                 loop.call_later(1.0, check_parent)
         loop.call_later(1.0, check_parent)
-    if heartbeat is not None:
+    metrics = None
+    if metrics_enabled():
+        from .metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(worker.proxy, worker.chains.values())
+    if heartbeat is not None or metrics is not None:
         # The master's liveness check: a stamp a second, from this loop (a blocked loop
         # stops stamping).  The stamp is time.monotonic(), as the master compares it.
+        # The metrics are reported on the same tick.
         def beat() -> None:
-            now = time.monotonic()
-            os.utime(heartbeat, (now, now))
+            if heartbeat is not None:
+                now = time.monotonic()
+                os.utime(heartbeat, (now, now))
+            if metrics is not None:
+                metrics.report()
             loop.call_later(1.0, beat)
         beat()
     await worker.wait_stopped()
+    if metrics is not None:
+        metrics.report()
     return EXIT_OK
 
 

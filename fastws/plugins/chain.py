@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from time import perf_counter
 from typing import Any, Awaitable
 
 from ..errors import FastWSError
@@ -49,6 +50,11 @@ class Chain:
                 for index, plugin in enumerate(self.plugins)
                 if callable(getattr(plugin, phase, None))
             ]
+        # Per plugin (by index): handler calls and the time they took, for the metrics
+        # (an async handler's time includes its wait: its direction waited as long).
+        self.names = [getattr(plugin, "name", type(plugin).__name__) for plugin in self.plugins]
+        self.calls = [0] * len(self.plugins)
+        self.seconds = [0.0] * len(self.plugins)
 
     def has(self, phase: str) -> bool:
         return bool(self.handlers[phase])
@@ -90,13 +96,15 @@ class BoundChain:
         return self._run(phase, frame, 0)
 
     def _run(self, phase: str, frame: Any, start: int) -> Awaitable | None:
-        handlers = self.chain.handlers[phase]
+        chain = self.chain
+        handlers = chain.handlers[phase]
         slot = self.SLOTS[phase]
         for position in range(start, len(handlers)):
             index, name, handler = handlers[position]
             ws = self._view(index, slot)
             ws.phase = phase
             token = _current.set(ws)
+            started = perf_counter()
             try:
                 result = handler(ws)
             except Rejected:
@@ -106,6 +114,8 @@ class BoundChain:
             finally:
                 _current.reset(token)
                 ws.phase = None
+                chain.calls[index] += 1
+                chain.seconds[index] += perf_counter() - started
             if result is not None and inspect.isawaitable(result):   # most handlers return None
                 return self._run_async(phase, frame, position, ws, name, result)
             if frame is not None and (frame.dropped or frame.close_args is not None):
@@ -118,6 +128,7 @@ class BoundChain:
         # it, and the other direction uses other views.
         ws.phase = phase
         token = _current.set(ws)
+        started = perf_counter()
         try:
             await pending
         except Rejected:
@@ -127,6 +138,8 @@ class BoundChain:
         finally:
             _current.reset(token)
             ws.phase = None
+            index = self.chain.handlers[phase][position][0]
+            self.chain.seconds[index] += perf_counter() - started
         if frame is not None and (frame.dropped or frame.close_args is not None):
             return
         rest = self._run(phase, frame, position + 1)

@@ -221,3 +221,7 @@ def run(coro, timeout: float = 30.0):
     async def limited():
         return await asyncio.wait_for(coro, timeout)
     return asyncio.run(limited())
+
+
+# ``master(*args, env=None, port=None) -> (Popen, port)``: a ``python -m fastws`` master process.
+from .flow_master import master  # noqa: E402,F401  (a fixture)
