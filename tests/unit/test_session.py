@@ -355,3 +355,45 @@ class TestInspect:
         s = Session(chain=TrivialChain(action=action))
         feed(s, C, client_frame(Opcode.CLOSE, close_payload(4001, b"orig")))
         assert decode(s.out(U), U) == [(Opcode.CLOSE, close_payload(4001, b"rewritten"), True)]
+
+
+class TestWhoClosedAndHow:
+    """What the metrics' ``fastws_closes_total{by, code}`` and the access log read: the first cause
+    of the end of a session, and its close code (1006 for a connection dropped without a close)."""
+
+    @pytest.mark.parametrize("scenario, by, code, cause", [
+        (lambda s: feed(s, C, client_frame(Opcode.CLOSE, close_payload(1000))), "client", 1000, "close frame"),
+        (lambda s: feed(s, U, server_frame(Opcode.CLOSE, close_payload(4001))), "upstream", 4001, "close frame"),
+        (lambda s: feed(s, C, client_frame(Opcode.CLOSE)), "client", 1005, "close frame"),
+        (lambda s: s.eof(U, now=0.0), "upstream", 1006, "tcp drop"),
+        (lambda s: s.close(1012, "Service Restart", 0.0, cause="drain timeout"), "proxy", 1012, "drain timeout"),
+        (lambda s: feed(s, C, FrameWriter(mask=False).frame(Opcode.TEXT, b"x")), "proxy", 1002,
+         "client protocol error"),
+        (lambda s: (s.tick(10.0), s.tick(15.0)), "proxy", 1011, "ping timeout"),
+    ])
+    def test_first_cause(self, scenario, by, code, cause):
+        s = Session(ping_interval=10.0, ping_timeout=5.0, now=0.0)
+        scenario(s)
+        assert (s.closed_by, s.close_code) == (by, code)
+        assert s.close_cause.startswith(cause)
+        # What follows is a consequence, not a new cause.
+        feed(s, U, server_frame(Opcode.CLOSE, close_payload(1001)))
+        s.eof(C, now=20.0)
+        assert (s.closed_by, s.close_code) == (by, code)
+
+    def test_handler_error_is_the_proxys_1011(self):
+        def boom(phase, frame):
+            raise RuntimeError("plugin bug")
+        s = Session(chain=TrivialChain(action=boom))
+        feed(s, C, client_frame(Opcode.TEXT, b"x"))
+        assert (s.closed_by, s.close_code, s.close_cause) == ("proxy", 1011, "handler error in ws_client_frame")
+
+    def test_dropped_frames_are_counted_per_side(self):
+        def action(phase, frame):
+            frame.dropped = frame.data.startswith(b"drop")
+        s = Session(chain=TrivialChain(action=action))
+        feed(s, U, server_frame(Opcode.TEXT, b"drop 1") + server_frame(Opcode.TEXT, b"keep")
+             + server_frame(Opcode.TEXT, b"drop 2"))
+        feed(s, C, client_frame(Opcode.TEXT, b"drop 3"))
+        assert (s.halves[C].dropped, s.halves[U].dropped) == (1, 2)
+        assert decode(s.out(C), C) == [(Opcode.TEXT, b"keep", True)]
