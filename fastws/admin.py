@@ -7,8 +7,10 @@
 The master has no event loop and no threads (it forks: a thread holding a lock at
 fork time would leave the child stuck).  So the endpoint is a few non-blocking
 sockets in the master's ``select()``: requests are parsed with httptools (llhttp),
-a client gets ``REQUEST_TIMEOUT`` to send its request, and the answer is written
-with a short send timeout.  Every answer closes its connection.
+a client gets ``REQUEST_TIMEOUT`` to send its request and take the answer, which is
+written as the socket takes it.  Every answer closes its connection.  Nothing a
+client sends can stop the master: a request that fails to parse gets 400, and an
+error while answering gets 500 (and a log line).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ __all__ = ["AdminServer"]
 
 log = logging.getLogger("fastws.admin")
 
-REQUEST_TIMEOUT = 5.0       # to send a whole request
-SEND_TIMEOUT = 2.0          # to take the answer
+REQUEST_TIMEOUT = 5.0       # to send a whole request and read the answer
 MAX_REQUEST = 16 * 1024
-MAX_CLIENTS = 64
+MAX_CLIENTS = 64            # beyond: the oldest is dropped for the newest
+ACCEPT_PAUSE = 0.5          # after an accept error (out of descriptors): do not spin
 
 
 class _Request:
@@ -49,7 +51,7 @@ class _Request:
 
 
 class _Client:
-    __slots__ = ("sock", "deadline", "request", "parser", "size")
+    __slots__ = ("sock", "deadline", "request", "parser", "size", "out")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -57,6 +59,7 @@ class _Client:
         self.request = _Request()
         self.parser = httptools.HttpRequestParser(self.request)
         self.size = 0
+        self.out: bytes | None = None           # the answer, while it is being written
 
 
 class AdminServer:
@@ -89,22 +92,35 @@ class AdminServer:
                                      f"{exc.strerror}") from None
         self.listener.setblocking(False)
         self.address = self.listener.getsockname()[:2]
-        self.clients: dict[int, _Client] = {}
+        self.clients: dict[int, _Client] = {}     # in the order they came
+        self.accept_paused_until = 0.0
         log.info("admin endpoint on http://%s:%d (/metrics, /status, /healthz)",
                  f"[{host}]" if family == socket.AF_INET6 else host, self.address[1])
 
     # -- the master's loop ------------------------------------------------------------------
 
-    def fds(self) -> list[int]:
-        return [self.listener.fileno(), *self.clients]
+    def fds(self) -> tuple[list[int], list[int]]:
+        """The descriptors to watch: (for reading, for writing)."""
+        readers = [fd for fd, c in self.clients.items() if c.out is None]
+        if time.monotonic() >= self.accept_paused_until:
+            readers.append(self.listener.fileno())
+        return readers, [fd for fd, c in self.clients.items() if c.out is not None]
 
-    def handle(self, readable: list[int]) -> None:
+    def handle(self, readable: list[int], writable: list[int] = ()) -> None:
         """Accept, read and answer what ``select()`` found ready; drop clients past their time."""
         for fd in readable:
             if fd == self.listener.fileno():
                 self._accept()
             elif fd in self.clients:
-                self._read(self.clients[fd])
+                client = self.clients[fd]
+                try:
+                    self._read(client)
+                except Exception:               # a bug here must not take the master down
+                    log.exception("admin endpoint: answering a request failed")
+                    self._answer(client, 500, "text/plain", b"internal error\n")
+        for fd in writable:
+            if fd in self.clients:
+                self._write(self.clients[fd])
         now = time.monotonic()
         for client in [c for c in self.clients.values() if now > c.deadline]:
             self._drop(client)
@@ -122,11 +138,12 @@ class AdminServer:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:                     # e.g. out of descriptors: try again later
+            except OSError:                     # e.g. out of descriptors: try again a little later
+                self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE
                 return
             if len(self.clients) >= MAX_CLIENTS:
-                sock.close()
-                continue
+                # Full (idle or slow clients): the oldest one gives way, so a probe always gets in.
+                self._drop(next(iter(self.clients.values())))
             sock.setblocking(False)
             self.clients[sock.fileno()] = _Client(sock)
 
@@ -146,15 +163,16 @@ class AdminServer:
             return
         try:
             client.parser.feed_data(data)
+            if not client.request.complete:
+                return
+            method = client.parser.get_method()
+            path = (httptools.parse_url(client.request.url).path or b"/").decode("latin-1")
         except httptools.HttpParserUpgrade:
-            pass
-        except httptools.HttpParserError:
+            return
+        except httptools.HttpParserError:       # the URL's parser errors too
             self._answer(client, 400, "text/plain", b"bad request\n")
             return
-        if client.request.complete:
-            method = client.parser.get_method()
-            path = httptools.parse_url(client.request.url).path.decode("latin-1")
-            self._route(client, method, path)
+        self._route(client, method, path)
 
     def _route(self, client: _Client, method: bytes, path: str) -> None:
         if method not in (b"GET", b"HEAD"):
@@ -181,17 +199,27 @@ class AdminServer:
     def _answer(self, client: _Client, status: int, content_type: str, body: bytes, *,
                 head: bool = False, extra: list[tuple[str, str]] = ()) -> None:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  431: "Request Header Fields Too Large", 503: "Service Unavailable"}[status]
+                  431: "Request Header Fields Too Large", 500: "Internal Server Error",
+                  503: "Service Unavailable"}[status]
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
                    ("Cache-Control", "no-store"), ("Connection", "close"), *extra]
         response = (f"HTTP/1.1 {status} {reason}\r\n"
                     + "".join(f"{name}: {value}\r\n" for name, value in headers) + "\r\n").encode()
+        client.out = response if head else response + body
+        self._write(client)
+
+    def _write(self, client: _Client) -> None:
+        """Write what the socket takes now; the rest when ``select()`` says it can take more."""
         try:
-            client.sock.settimeout(SEND_TIMEOUT)
-            client.sock.sendall(response if head else response + body)
+            sent = client.sock.send(client.out)
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError:
-            pass
-        self._drop(client)
+            self._drop(client)
+            return
+        client.out = client.out[sent:]
+        if not client.out:
+            self._drop(client)
 
     def _drop(self, client: _Client) -> None:
         self.clients.pop(client.sock.fileno(), None)

@@ -56,6 +56,10 @@ log = logging.getLogger("fastws.arbiter")
 
 EXIT_BOOT_ERROR = 3
 SIGNALS = ("TERM", "INT", "QUIT", "HUP", "TTIN", "TTOU", "CHLD")
+SIGNAL_SET = {getattr(signal, f"SIG{name}") for name in SIGNALS}
+# In a worker: the master's business, ignored (a terminal hangup or ``pkill -HUP fastws`` reaches
+# the workers too); the worker's loop handles TERM, INT and QUIT itself.
+WORKER_IGNORES = ("HUP", "TTIN", "TTOU")
 RESTART_DELAYS = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)   # after 0, 1, 2, ... deaths in a row
 QUICK_DEATH = 5.0                                 # a worker that lived less counts as "in a row"
 KILL_AFTER_ABORT = 5.0                            # SIGKILL a stuck worker this long after SIGABRT
@@ -104,6 +108,7 @@ class WorkerProcess:
     pid: int
     number: int             # 1, 2, ... in spawn order (FASTWS_WORKER_ID)
     generation: int         # the config generation it runs
+    config: Any             # ... and that config (its drain_timeout and graceful_timeout apply)
     started: float          # time.monotonic()
     started_wall: float     # time.time(), for /status
     heartbeat: int          # fd of its unlinked heartbeat file
@@ -116,6 +121,11 @@ class WorkerProcess:
     @property
     def state(self) -> str:
         return "draining" if self.retiring else "ready" if self.ready else "starting"
+
+    @property
+    def stop_time(self) -> float:
+        """The longest a graceful stop of this worker takes (its own config's limit)."""
+        return self.config.graceful_timeout
 
 
 class Arbiter:
@@ -136,7 +146,8 @@ class Arbiter:
         self.admin: Any = None
         self.workers: dict[int, WorkerProcess] = {}
         self.target = config.workers
-        self.generation = 1
+        self.generation = 1                     # the generation serving
+        self.generations = 1                    # the last one started (numbers are never reused)
         self.reloading: tuple[Any, int, int] | None = None    # (config, generation, target) to go back to
         self.reload_deadline = 0.0
         self.hup_pending = False
@@ -223,7 +234,8 @@ class Arbiter:
             log.warning("reload: the admin address stays %s until a restart", self.config.admin)
         self.reloading = (self.config, self.generation, self.target)
         self.config = config
-        self.generation += 1
+        self.generations += 1
+        self.generation = self.generations
         self.target = config.workers
         self.next_spawn = 0.0
         self.reload_deadline = time.monotonic() + max(config.worker_timeout, 5.0)
@@ -243,12 +255,12 @@ class Arbiter:
         if len(current) >= self.target and all(w.ready for w in current):
             self.reloading = None
             self.reloads["ok"] += 1
-            deadline = time.monotonic() + self.config.drain_timeout + self.config.graceful_timeout + 5.0
-            old = [w for w in self.workers.values() if w.generation < self.generation and not w.retiring]
+            old = [w for w in self.workers.values() if w.generation != self.generation and not w.retiring]
+            now = time.monotonic()
             for w in old:
-                self._retire(w, signal.SIGQUIT, deadline)
-            log.info("generation %d serving; %d old worker(s) draining for up to %.0fs",
-                     self.generation, len(old), self.config.drain_timeout)
+                # Each drains under its own config: drain_timeout, then a graceful close.
+                self._retire(w, signal.SIGQUIT, now + w.config.drain_timeout + w.stop_time + 5.0)
+            log.info("generation %d serving; %d old worker(s) draining", self.generation, len(old))
             if self.hup_pending:
                 self.hup_pending = False
                 self.handle_hup()
@@ -260,18 +272,23 @@ class Arbiter:
         failed = self.generation
         self.config, self.generation, self.target = self.reloading
         self.reloading = None
-        self.hup_pending = False
         self.reloads["failed"] += 1
         for w in list(self.workers.values()):
             if w.generation == failed and not w.retiring:
-                self._retire(w, signal.SIGTERM, time.monotonic() + self.config.graceful_timeout + 5.0)
+                self._retire(w, signal.SIGTERM, time.monotonic() + w.stop_time + 5.0)
         log.error("reload failed (%s); still serving generation %d", why, self.generation)
+        if self.hup_pending:                    # a newer config came meanwhile: try that one
+            self.hup_pending = False
+            self.handle_hup()
 
     def _stop(self, sig: int, timeout: float) -> None:
         if not self.stopping:
             log.info("stopping %d worker(s) (%s)", len(self.workers), signal.Signals(sig).name)
         self.stopping = True
-        # A little more than the workers' own limit, for them to report and exit.
+        # A little more than the workers' own limit, for them to report and exit (a draining
+        # worker of an older generation has its own config's limit).
+        if sig == signal.SIGTERM:
+            timeout = max([timeout, *(w.stop_time for w in self.workers.values())])
         deadline = time.monotonic() + timeout + 2.0
         self.stop_deadline = deadline if self.stop_deadline is None else min(self.stop_deadline, deadline)
         self._signal_all(sig)
@@ -300,20 +317,25 @@ class Arbiter:
         now = time.monotonic()
         os.utime(fd, (now, now))
         ready_r, ready_w = os.pipe()
+        # Signals stay blocked across the fork: one that arrives in between would otherwise
+        # run the master's handler in the child (and be lost there).  The child keeps them
+        # blocked until its event loop handles them (``worker.serve`` unblocks them).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNAL_SET)
         pid = os.fork()
         if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(ready_w)
             os.set_blocking(ready_r, False)
-            self.workers[pid] = WorkerProcess(pid, self.spawned, self.generation, now, time.time(),
-                                              fd, ready_r)
+            self.workers[pid] = WorkerProcess(pid, self.spawned, self.generation, self.config, now,
+                                              time.time(), fd, ready_r)
             return pid
-        # The worker: none of the master's descriptors, default signal dispositions
-        # (its loop installs its own), then run.
+        # The worker: none of the master's descriptors, its own signal dispositions, then run.
         code = 1
         try:
             signal.set_wakeup_fd(-1)
             for name in SIGNALS:
-                signal.signal(getattr(signal, f"SIG{name}"), signal.SIG_DFL)
+                signal.signal(getattr(signal, f"SIG{name}"),
+                              signal.SIG_IGN if name in WORKER_IGNORES else signal.SIG_DFL)
             os.close(ready_r)
             for fd_ in [self._wake_r, self._wake_w, *self._worker_fds()]:
                 os.close(fd_)
@@ -373,7 +395,7 @@ class Arbiter:
             code = os.waitstatus_to_exitcode(status)
             if self.stopping or worker.retiring:
                 continue
-            if code == EXIT_BOOT_ERROR:
+            if code == EXIT_BOOT_ERROR and not worker.ready:
                 if self.reloading is not None and worker.generation == self.generation:
                     self._rollback(f"worker {pid} of generation {worker.generation} failed to boot")
                     continue
@@ -434,9 +456,9 @@ class Arbiter:
         for worker in self.workers.values():
             if worker.ready_fd is not None:
                 readers[worker.ready_fd] = worker
-        admin_fds = self.admin.fds() if self.admin is not None else []
+        admin_readers, admin_writers = self.admin.fds() if self.admin is not None else ([], [])
         try:
-            readable, _, _ = select.select([*readers, *admin_fds], [], [], TICK)
+            readable, writable, _ = select.select([*readers, *admin_readers], admin_writers, [], TICK)
         except OSError as exc:                  # pragma: no cover - EINTR is retried by Python
             if exc.errno != errno.EBADF:
                 raise
@@ -451,7 +473,10 @@ class Arbiter:
             elif fd in readers:
                 self._read_ready(readers[fd])
         if self.admin is not None:
-            self.admin.handle([fd for fd in readable if fd in admin_fds])
+            try:
+                self.admin.handle([fd for fd in readable if fd in admin_readers], writable)
+            except Exception:                   # the endpoint must never stop the master
+                log.exception("admin endpoint failed")
 
     def run(self) -> int:
         set_title(f"fastws: master ({self.config.source or 'no config file'})")

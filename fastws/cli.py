@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastws: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        check_plugins(config)       # every plugin loads and its config checks out, before listening
+        check_plugins(config, timeout=config.worker_timeout)   # every plugin loads, before listening
     except ConfigError as exc:
         print(f"fastws: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -102,19 +102,24 @@ def reload_config(args: argparse.Namespace):
     from .config import config_from_args
 
     config = config_from_args(args)
-    check_plugins(config)
+    check_plugins(config, timeout=config.worker_timeout)
     return config
 
 
-def check_plugins(config) -> None:
+def check_plugins(config, timeout: float | None = None) -> None:
     """Load every plugin of ``config`` and check its config, in a throw-away child process.
 
     The master never imports plugin code itself: the workers it forks then import it
     fresh, so a reload (SIGHUP) picks up changed plugin modules, as gunicorn's workers do.
+    ``timeout``: how long the check may take (a plugin whose import hangs); None: no limit.
 
     Raises:
         ConfigError: what the child found wrong (a plugin that cannot load, a bad plugin config).
     """
+    import select
+    import signal
+    import time
+
     from .worker import build_chains
 
     if not (config.plugins or any(service.plugins for service in config.services)):
@@ -122,21 +127,50 @@ def check_plugins(config) -> None:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:                                # the child: check, report, exit
-        os.close(read)
-        code = 0
+        code = EXIT_USAGE
         try:
+            # Nothing of the master's: its signal handlers, wake-up pipe, workers' and admin
+            # descriptors (only stdio and the report pipe stay).
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            os.closerange(3, write)
+            os.closerange(write + 1, os.sysconf("SC_OPEN_MAX"))
             build_chains(config)
+            code = 0
         except BaseException as exc:            # a plugin may raise anything while loading
             os.write(write, (str(exc) if isinstance(exc, ConfigError)
                              else f"{type(exc).__name__}: {exc}").encode()[:65536])
-            code = EXIT_USAGE
         os._exit(code)
     os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        message = pipe.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise ConfigError(message or "checking the plugins failed")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    message, status, eof = b"", None, False
+    try:
+        while status is None:
+            # Until the child exits (not until EOF: a process a plugin started may hold the pipe).
+            readable, _, _ = select.select([] if eof else [read], [], [], 0.05)
+            if readable:
+                chunk = os.read(read, 65536)
+                message += chunk
+                eof = not chunk
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(raw)
+            elif deadline is not None and time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise ConfigError(f"loading the plugins took more than {timeout:.0f}s (worker_timeout)")
+        os.set_blocking(read, False)
+        try:
+            while chunk := os.read(read, 65536):
+                message += chunk
+        except BlockingIOError:
+            pass
+    finally:
+        os.close(read)
+    if status != 0:
+        raise ConfigError(message.decode(errors="replace") or f"checking the plugins failed (exit {status})")
 
 
 def run_master(config, reload_config=None) -> int:
@@ -161,11 +195,11 @@ def run_master(config, reload_config=None) -> int:
     import shutil
     import tempfile
 
-    from .metrics import MULTIPROC_ENV
+    from .metrics import ENABLE_ENV, MULTIPROC_ENV
 
     # Before prometheus-client is imported anywhere: it picks its storage on import.
     metrics_dir = tempfile.mkdtemp(prefix="fastws-metrics-")
-    os.environ[MULTIPROC_ENV] = metrics_dir
+    os.environ[MULTIPROC_ENV] = os.environ[ENABLE_ENV] = metrics_dir
     try:
         from prometheus_client.multiprocess import mark_process_dead
 

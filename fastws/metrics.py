@@ -20,15 +20,27 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-__all__ = ["WorkerMetrics", "MasterCollector", "DIRECTIONS", "MULTIPROC_ENV"]
+__all__ = ["WorkerMetrics", "MasterCollector", "DIRECTIONS", "MULTIPROC_ENV", "ENABLE_ENV",
+           "close_code_label", "enabled"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+ENABLE_ENV = "FASTWS_METRICS_DIR"       # set (with MULTIPROC_ENV) by a master with an admin endpoint
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")     # frames from the client [0] / upstream [1]
 
 
 def enabled() -> bool:
     """Whether this process reports metrics (a master with ``--admin`` set the directory)."""
-    return bool(os.environ.get(MULTIPROC_ENV))
+    return bool(os.environ.get(ENABLE_ENV))
+
+
+def close_code_label(code: int) -> str:
+    """A close code as a label value: the registered codes as they are, the application's
+    (3000-4999, chosen by the peers) folded into "3xxx"/"4xxx" so that peers cannot make series."""
+    if 3000 <= code <= 3999:
+        return "3xxx"
+    if 4000 <= code <= 4999:
+        return "4xxx"
+    return str(code) if 1000 <= code <= 1015 else "other"
 
 
 class WorkerMetrics:
@@ -89,7 +101,8 @@ class WorkerMetrics:
             out[("bytes", direction)] = payload[i]
             out[("drops", direction)] = drops[i]
         for (by, code), count in server.closes.items():
-            out[("closes", by, str(code))] = count
+            key = ("closes", by, close_code_label(code))
+            out[key] = out.get(key, 0) + count
         for plugin, count in server.handler_errors_by_plugin.items():
             out[("handler_errors", plugin)] = count
         for chain in self.chains:
@@ -99,7 +112,8 @@ class WorkerMetrics:
         return out
 
     def report(self) -> None:
-        """Add what grew since the last report to the shared files (cheap: a few dozen values)."""
+        """Add what grew since the last report to the shared files: a few dozen values, after a
+        walk over the open connections (the counters of a live one are its parsers')."""
         self.open.set(len(self.server.links))
         for key, total in self.totals().items():
             grown = total - self.reported.get(key, 0)

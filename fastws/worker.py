@@ -143,7 +143,7 @@ class Worker:
     def drain(self) -> None:
         """Begin a drain (SIGQUIT from the master on reload): stop accepting, keep the sessions
         up to ``drain_timeout``, then close them with 1012 "Service Restart"."""
-        if not self._stop.is_set():
+        if not self._stop.is_set() and not self.draining:
             self._drain_requested = True
             self._stop.set()
 
@@ -161,6 +161,11 @@ class Worker:
     async def _drain(self) -> None:
         self.draining = True
         self.stop_accepting()
+        if os.environ.get("FASTWS_WORKER_ID"):
+            from .arbiter import set_title
+
+            set_title(f"fastws: worker {os.environ['FASTWS_WORKER_ID']} draining "
+                      f"({self.config.source or 'no config file'})")
         proxy = self.proxy
         if proxy is None or not proxy.links:
             return
@@ -218,6 +223,10 @@ async def serve(config: Any, *, chain_for: Callable | None = None, parent: int |
     loop.add_signal_handler(signal.SIGTERM, worker.stop)
     loop.add_signal_handler(signal.SIGINT, worker.stop, min(config.graceful_timeout, 2.0))
     loop.add_signal_handler(signal.SIGQUIT, worker.drain)
+    # The master forks with these blocked (one sent meanwhile is delivered now, to the loop).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
+                                                 signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+                                                 signal.SIGCHLD})
     if ready is not None:
         os.write(ready, b"1")                   # listening: the master may retire the old workers
         os.close(ready)
@@ -240,12 +249,15 @@ async def serve(config: Any, *, chain_for: Callable | None = None, parent: int |
         # stops stamping).  The stamp is time.monotonic(), as the master compares it.
         # The metrics are reported on the same tick.
         def beat() -> None:
+            loop.call_later(1.0, beat)
             if heartbeat is not None:
                 now = time.monotonic()
                 os.utime(heartbeat, (now, now))
             if metrics is not None:
-                metrics.report()
-            loop.call_later(1.0, beat)
+                try:
+                    metrics.report()
+                except Exception:               # never at the cost of the heartbeat
+                    log.exception("reporting the metrics failed")
         beat()
     await worker.wait_stopped()
     if metrics is not None:

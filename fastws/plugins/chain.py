@@ -52,6 +52,10 @@ class Chain:
             ]
         # Per plugin (by index): handler calls and the time they took, for the metrics
         # (an async handler's time includes its wait: its direction waited as long).
+        # Timed only when the metrics are on (a master with an admin endpoint).
+        from ..metrics import enabled
+
+        self.timed = enabled()
         self.names = [getattr(plugin, "name", type(plugin).__name__) for plugin in self.plugins]
         self.calls = [0] * len(self.plugins)
         self.seconds = [0.0] * len(self.plugins)
@@ -97,6 +101,7 @@ class BoundChain:
 
     def _run(self, phase: str, frame: Any, start: int) -> Awaitable | None:
         chain = self.chain
+        timed = chain.timed
         handlers = chain.handlers[phase]
         slot = self.SLOTS[phase]
         for position in range(start, len(handlers)):
@@ -104,7 +109,8 @@ class BoundChain:
             ws = self._view(index, slot)
             ws.phase = phase
             token = _current.set(ws)
-            started = perf_counter()
+            if timed:
+                started = perf_counter()
             try:
                 result = handler(ws)
             except Rejected:
@@ -114,8 +120,9 @@ class BoundChain:
             finally:
                 _current.reset(token)
                 ws.phase = None
-                chain.calls[index] += 1
-                chain.seconds[index] += perf_counter() - started
+                if timed:
+                    chain.calls[index] += 1
+                    chain.seconds[index] += perf_counter() - started
             if result is not None and inspect.isawaitable(result):   # most handlers return None
                 return self._run_async(phase, frame, position, ws, name, result)
             if frame is not None and (frame.dropped or frame.close_args is not None):
@@ -138,8 +145,9 @@ class BoundChain:
         finally:
             _current.reset(token)
             ws.phase = None
-            index = self.chain.handlers[phase][position][0]
-            self.chain.seconds[index] += perf_counter() - started
+            if self.chain.timed:
+                index = self.chain.handlers[phase][position][0]
+                self.chain.seconds[index] += perf_counter() - started
         if frame is not None and (frame.dropped or frame.close_args is not None):
             return
         rest = self._run(phase, frame, position + 1)

@@ -54,6 +54,10 @@ def healthz(port: int) -> int:
         return 0
 
 
+def ready_workers(admin_port: int) -> list[int]:
+    return [w["pid"] for w in json.loads(get(admin_port, "/status")[1])["workers"] if w["state"] == "ready"]
+
+
 @pytest.fixture
 def admin(master):
     """``admin(*args) -> (proc, port, admin_port, workers)``: two workers, the endpoint up."""
@@ -61,7 +65,10 @@ def admin(master):
         admin_port = free_port()
         proc, port = master("--workers", "2", "--admin", f"127.0.0.1:{admin_port}", *args, env=env)
         wait_for(lambda: healthz(admin_port) == 200, what="/healthz 200")
-        workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), what="two workers")
+        # Both workers listening (and done opening their own sockets), as the master saw them.
+        workers = wait_for(lambda: len(ready := ready_workers(admin_port)) == 2 and ready,
+                           what="two ready workers")
+        assert sorted(workers) == sorted(children(proc.pid))
         return proc, port, admin_port, workers
     return start
 
@@ -243,6 +250,25 @@ def test_requests_it_does_not_serve(admin):
     silent = socket.create_connection(("127.0.0.1", admin_port))
     assert healthz(admin_port) == 200
     silent.close()
+    # Request targets llhttp accepts but whose URL is odd or broken.
+    for target in (b"http://host", b"http://[::1", b"*"):
+        with socket.create_connection(("127.0.0.1", admin_port)) as sock:
+            sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).split(b" ")[1] in (b"400", b"404"), target
+    assert healthz(admin_port) == 200 and proc.poll() is None
+
+
+def test_idle_clients_cannot_lock_out_a_probe(admin):
+    """More silent connections than the endpoint keeps: the oldest give way to new ones."""
+    proc, port, admin_port, _ = admin()
+    idle = [socket.create_connection(("127.0.0.1", admin_port)) for _ in range(100)]
+    try:
+        assert healthz(admin_port) == 200
+        assert get(admin_port, "/metrics")[0] == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
 
 
 def test_admin_port_in_use_is_one_line(master):

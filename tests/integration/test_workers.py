@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_two_workers_both_serve(master):
     proc, port = master("--workers", "2")
     workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), what="two workers")
-    wait_for(lambda: serving(port), what="the proxy to serve")
+    # Both listening (each has opened its listener and its echo upstream) before counting sockets.
+    wait_for(lambda: stderr_of(proc).count("listening on") == 2, what="both workers listening")
     idle = {pid: sockets_of(pid) for pid in workers}
 
     async def hold(n: int):
@@ -314,11 +315,10 @@ def test_reload_drains_old_sessions_then_closes_them_with_1012(tagged):
         tagger_config(config, "v2", drain_timeout=1.0)      # the old workers keep drain_timeout 2
         proc.send_signal(signal.SIGHUP)
         reloaded = time.monotonic()
-        # New workers start while the old ones still hold their sessions.
-        try:
-            await asyncio.to_thread(wait_for, lambda: len(children(proc.pid)) >= 4, 10, "new workers")
-        except AssertionError:
-            raise AssertionError(stderr_of(proc))
+        # The new generation is listening and the old one stopped accepting (it still holds
+        # its sessions).
+        await asyncio.to_thread(wait_for, lambda: "generation 2 serving" in stderr_of(proc), 10,
+                                "the new generation")
         async with websockets.connect(f"ws://127.0.0.1:{port}/") as new:
             await new.send("new")
             assert await new.recv() == "v2:new"         # new connections: the new config
@@ -403,3 +403,19 @@ def test_reload_whose_new_workers_fail_to_boot_rolls_back(tagged, tmp_path):
     wait_for(lambda: sorted(children(proc.pid)) == sorted(workers), what="the failed workers to go")
     assert tag_of(port) == "v1"
     assert proc.poll() is None
+
+
+def test_reload_whose_plugin_import_hangs_fails_and_keeps_the_old_config(tagged, tmp_path):
+    """The master checks the new plugins in a child process with a time limit (worker_timeout):
+    an import that never returns fails the reload; the master never stops answering."""
+    proc, port, config, workers = tagged()
+    (tmp_path / "hangs.py").write_text("import time\ntime.sleep(3600)\n")
+    config.write_text('worker_timeout: 1\nplugins:\n  - {name: "hangs:Plugin"}\n')
+    started = time.monotonic()
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "loading the plugins took more than 1s" in stderr_of(proc), what="the reload to fail")
+    assert time.monotonic() - started < 5
+    assert sorted(children(proc.pid)) == sorted(workers)
+    assert tag_of(port) == "v1"
+    proc.send_signal(signal.SIGTERM)                # and the master still takes signals
+    assert proc.wait(15) == 0
