@@ -29,6 +29,13 @@ What runs (details, nginx config and how to read the report: ``benchmarks/README
 * the idle cell: 10,000 connections held open (or as many as
   ``RLIMIT_NOFILE`` allows), the proxy's RSS before and after, for fastws and
   nginx, each in fresh processes;
+* on request (``--proxy-workers``, or ``--proxy-workers-only`` for it alone), the
+  processes comparison on the 50-connection cells: ``fastws-w1`` and
+  ``fastws-w2``, ``python -m fastws --workers N`` (a master forking N workers
+  that bind their own SO_REUSEPORT listeners; N = 1 runs the worker in the
+  ``fastws`` process itself), against ``nginx-w1`` and ``nginx-w2`` with
+  ``worker_processes`` 1 and 2 (``servers.FastwsWorkers``, ``servers.NginxProxy``);
+  CPU is the sum over the master and all its workers;
 * the plugin microbenchmarks (``test_micro``, in this process, no sockets):
   ``Chain.bind(ws).run("ws_client_frame", frame)`` with 1 and 10 no-op handlers
   on an ``InFlight`` frame (dispatch per handler call = (t10 - t1) / 9), and
@@ -74,6 +81,14 @@ LOCAL_TARGETS = ("direct", "nginx", "fastws", "fastws-inspect", "fastws-read", "
 FASTWS_CHAINS = {"fastws": "none", "fastws-inspect": "inspect", "fastws-read": "read",
                  "fastws-rewrite": "rewrite"}
 IDLE_TARGETS = ("fastws", "nginx")
+# The processes comparison (--proxy-workers): target -> (proxy, processes).  Ordered so that
+# the two proxies with the same number of workers run back to back.
+WORKER_TARGETS = {"fastws-w1": ("fastws", 1), "nginx-w1": ("nginx", 1),
+                  "fastws-w2": ("fastws", 2), "nginx-w2": ("nginx", 2)}
+# ... on the cells with this many connections or more: with one connection one worker does
+# all the work (SO_REUSEPORT hashes connections, not messages), so only multi-connection
+# cells can spread the load over two workers.
+WORKER_MIN_CONNS = 2
 
 # Goals of the load-suite issue.
 GOAL_CPU_PASSTHROUGH = 1.0      # fastws CPU/msg ÷ nginx CPU/msg, every cell
@@ -134,6 +149,11 @@ class Settings:
     nginx: bool
     json_path: str | None
     quick: bool = False
+    workers: str = ""               # "" | "add" | "only": the processes comparison
+    nginx_reuseport: bool = False   # nginx-wN listen with reuseport
+    client_procs: int = 1           # load-client processes a cell (cells with >= that many connections)
+    wait_quiet: float = 0.0         # seconds at most to wait before a run for the machine to be idle
+    retry_disturbed: int = 0        # re-runs of a run disturbed by other jobs, at most
 
     @classmethod
     def from_config(cls, config) -> "Settings":
@@ -149,6 +169,13 @@ class Settings:
             return bool(config.getoption(name, default=None)) or os.environ.get(env, "") not in ("", "0")
 
         quick = flag("proxy_quick", "FASTWS_BENCH_QUICK")
+        workers_env = os.environ.get("FASTWS_BENCH_WORKERS", "").strip().lower()
+        if config.getoption("proxy_workers_only", default=None) or workers_env == "only":
+            workers = "only"
+        elif config.getoption("proxy_workers", default=None) or workers_env not in ("", "0"):
+            workers = "add"
+        else:
+            workers = ""
         pids = config.getoption("ws_target_pid", default=None)
         if not pids:
             pids = [int(p) for p in os.environ.get("FASTWS_BENCH_WS_TARGET_PIDS", "").split(",") if p.strip()]
@@ -165,7 +192,24 @@ class Settings:
             nginx=not flag("proxy_no_nginx", "FASTWS_BENCH_NO_NGINX") and srv.nginx_binary() is not None,
             json_path=opt("proxy_json", "FASTWS_BENCH_PROXY_JSON", None),
             quick=quick,
+            workers=workers,
+            nginx_reuseport=flag("proxy_nginx_reuseport", "FASTWS_BENCH_NGINX_REUSEPORT"),
+            client_procs=max(1, opt("proxy_client_procs", "FASTWS_BENCH_CLIENT_PROCS", 1, int)),
+            wait_quiet=max(0.0, opt("proxy_wait_quiet", "FASTWS_BENCH_WAIT_QUIET", 0.0, float)),
+            retry_disturbed=max(0, opt("proxy_retry_disturbed", "FASTWS_BENCH_RETRY_DISTURBED", 0, int)),
         )
+
+    def worker_targets(self) -> list[str]:
+        """The processes-comparison targets this run starts (nginx's only when nginx runs)."""
+        if not self.workers or self.ws_target:
+            return []
+        return [t for t, (proxy, _) in WORKER_TARGETS.items() if proxy != "nginx" or self.nginx]
+
+    def base_targets(self) -> list[str]:
+        """The usual targets this run starts (``--proxy-workers-only``: just ``direct``)."""
+        if self.workers == "only" and not self.ws_target:
+            return ["direct"]
+        return [t for t in LOCAL_TARGETS if t != "nginx" or self.nginx]
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -174,16 +218,27 @@ def pytest_generate_tests(metafunc) -> None:
         if s.ws_target:
             targets = (["direct"] if s.ws_direct else []) + ["target"]
         else:
-            targets = [t for t in LOCAL_TARGETS if t != "nginx" or s.nginx]
+            targets = s.base_targets()
+        wtargets = s.worker_targets()
+        cells = CELLS
+        if s.workers == "only" and wtargets:
+            cells = [c for c in CELLS if c.conns >= WORKER_MIN_CONNS]
+
+        def of(cell):
+            return targets + (wtargets if cell.conns >= WORKER_MIN_CONNS else [])
         # Cell-major, then round-robin: every target of a cell runs once, then again, so
         # their ratios share conditions, and drift or an unlucky placement of the
         # processes on the CPUs is spread over all targets (the report takes medians).
-        runs = [(cell, r, t) for cell in CELLS for r in range(1, s.rounds + 1) for t in targets]
+        runs = [(cell, r, t) for cell in cells for r in range(1, s.rounds + 1) for t in of(cell)]
         metafunc.parametrize(("cell", "round_no", "target"), runs,
                              ids=[f"{c.id}-{t}-r{r}" for c, r, t in runs], scope="function")
     if "idle_target" in metafunc.fixturenames:
-        targets = [] if s.ws_target or s.idle <= 0 else [t for t in IDLE_TARGETS if t != "nginx" or s.nginx]
+        targets = ([] if s.ws_target or s.idle <= 0 or s.workers == "only"
+                   else [t for t in IDLE_TARGETS if t != "nginx" or s.nginx])
         metafunc.parametrize("idle_target", targets)
+    if "micro" in metafunc.fixturenames:
+        micro = [] if s.workers == "only" else MICRO
+        metafunc.parametrize("micro", micro, ids=[m.id for m in micro])
 
 
 # -- environment recorded with every result ---------------------------------------------
@@ -228,7 +283,8 @@ def _environment(settings: Settings, nginx_version: str | None) -> dict:
     env = {"python": f"{platform.python_implementation()} {platform.python_version()}",
            "kernel": platform.release(), "cpus": os.cpu_count(), "nginx": nginx_version,
            "duration_s": settings.duration, "warmup_s": settings.warmup, "window": settings.window,
-           "rounds": settings.rounds, "fastws_git": _git_state()}
+           "rounds": settings.rounds, "fastws_git": _git_state(), "workers_comparison": settings.workers,
+           "nginx_reuseport": settings.nginx_reuseport, "client_procs": settings.client_procs}
     for name in ("picows", "uvloop", "aiofastnet"):
         try:
             env[name] = version(name)
@@ -304,15 +360,28 @@ def stack(settings, workdir, request):
         started.append(echo)
         targets = {"direct": Target("direct", echo.url, [], [echo.pid], echo)}
         nginx_version = None
-        if settings.nginx:
+        base = settings.base_targets()
+        if "nginx" in base:
             ng = srv.NginxProxy.start(tmp, echo.port)
             started.append(ng)
             nginx_version = ng.version
             targets["nginx"] = Target("nginx", ng.url, ng.pids, [echo.pid], ng)
         for name, chain in FASTWS_CHAINS.items():
-            fw = srv.FastwsProxy.start(tmp, echo.url, chain=chain)
-            started.append(fw)
-            targets[name] = Target(name, fw.url, fw.pids, [echo.pid], fw)
+            if name in base:
+                fw = srv.FastwsProxy.start(tmp, echo.url, chain=chain)
+                started.append(fw)
+                targets[name] = Target(name, fw.url, fw.pids, [echo.pid], fw)
+        for name in settings.worker_targets():
+            proxy, n = WORKER_TARGETS[name]
+            if proxy == "nginx":
+                proc = srv.NginxProxy.start(tmp, echo.port, workers=n, reuseport=settings.nginx_reuseport,
+                                            name=name)
+                nginx_version = proc.version
+            else:
+                proc = srv.FastwsWorkers.start(tmp, echo.url, workers=n)
+            started.append(proc)
+            # Master and workers, read once all are up; check() fails the cell if one is replaced.
+            targets[name] = Target(name, proc.url, proc.pids, [echo.pid], proc)
         yield {"targets": targets, "nginx_version": nginx_version}
     finally:
         for proc in reversed(started):
@@ -359,6 +428,29 @@ def _report_at_end(request, settings):
     plugin.text = "\n".join(report_lines(doc))
 
 
+FOREIGN_DISTURBED = 0.25        # a run with other jobs using more than this much of a CPU is "disturbed"
+RETRY_BUDGET_S = 300.0          # --proxy-retry-disturbed: seconds of re-runs a session at most
+_RETRY = {"spent": 0.0}
+
+
+def _foreign_load(r: dict) -> float | None:
+    """CPUs busy in a run's window that none of the suite's processes account for: other jobs.
+
+    Busy CPUs from ``/proc/stat`` minus the proxy's, the client's and the echo's user+sys,
+    and the kernel threads' (ksoftirqd, kworkers: the network stack's deferred work).
+    With tick-based CPU accounting (this kernel: no IRQ_TIME_ACCOUNTING) softirq time is
+    otherwise charged to whichever task was running, so it is inside those processes' times.
+    Near 0 on a quiet machine (the suite's pytest process and idle servers add ~0.02).
+    """
+    busy, cpus = r.get("machine_busy"), r.get("machine_cpus")
+    if busy is None or not cpus or r.get("client_cpu_load") is None:
+        return None
+    mine = sum(r.get(k) or 0.0 for k in ("proxy_cpu_load", "client_cpu_load", "upstream_cpu_load"))
+    if r.get("kthread_cpu_ticks") is not None and r.get("elapsed_s"):
+        mine += r["kthread_cpu_ticks"] / r["clk_tck"] / r["elapsed_s"]
+    return max(0.0, busy * cpus - mine)
+
+
 def _run_client(argv: list[str], timeout: float) -> dict:
     out = subprocess.run([sys.executable, str(LOADCLIENT), *argv], capture_output=True, text=True,
                          timeout=timeout, check=False)
@@ -368,6 +460,129 @@ def _run_client(argv: list[str], timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
+QUIET_BUSY = 0.15               # --proxy-wait-quiet: "idle" is at most this share of all CPUs busy
+
+
+def _machine_busy(interval: float) -> float:
+    """Share of all CPUs busy (not idle or iowait) over ``interval`` seconds, from ``/proc/stat``."""
+    def read():
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    a = read()
+    time.sleep(interval)
+    d = [y - x for x, y in zip(a, read())]
+    total = sum(d)
+    return (total - d[3] - d[4]) / total if total > 0 else 0.0
+
+
+def _wait_quiet(limit: float) -> tuple[float, float]:
+    """Wait (at most ``limit`` s) until the machine is idle between runs: other jobs on a shared
+    machine, not the suite's servers, which are idle now.  Returns (seconds waited, last busy share)."""
+    t0 = time.monotonic()
+    while True:
+        busy = _machine_busy(0.25)
+        waited = time.monotonic() - t0
+        if busy <= QUIET_BUSY or waited >= limit:
+            return waited, busy
+
+
+CLIENT_START_S = 2.0            # with several clients: time allowed for each to start and connect
+
+
+def _run_clients(argvs: list[list[str]], timeout: float, workdir: Path) -> dict:
+    """Several load clients at once, their counted windows aligned (``--start-at``); one merged result.
+
+    Messages and client CPU add up; messages/s is the sum of the clients' rates; the
+    proxy's and the echo's CPU, and the machine's, come from the first client's reading
+    (every client reads the same processes over the same window); latency percentiles
+    are computed over all clients' latencies (``--latencies-out``).
+    """
+    from array import array
+
+    start_at = time.monotonic() + CLIENT_START_S + float(argvs[0][argvs[0].index("--warmup") + 1])
+    procs, files = [], []
+    for i, argv in enumerate(argvs):
+        lat = workdir / f"latencies-{os.getpid()}-{i}.bin"
+        files.append(lat)
+        procs.append(subprocess.Popen([sys.executable, str(LOADCLIENT), *argv, "--start-at", f"{start_at:.6f}",
+                                       "--latencies-out", str(lat)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    rs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout + CLIENT_START_S)
+            lines = [line for line in out.splitlines() if line.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError(f"load client failed ({proc.returncode}):\n{err[-3000:]}")
+            rs.append(json.loads(lines[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    merged = dict(rs[0])
+    merged["clients"] = len(rs)
+    merged["connections"] = sum(r["connections"] for r in rs)
+    merged["connected"] = sum(r.get("connected", 0) for r in rs)
+    merged["errors"] = [e for r in rs for e in r.get("errors", [])]
+    if any("messages" not in r for r in rs):
+        return merged
+    merged["messages"] = sum(r["messages"] for r in rs)
+    merged["msgs_per_s"] = sum(r["msgs_per_s"] for r in rs)
+    merged["payload_mb_per_s"] = sum(r["payload_mb_per_s"] for r in rs)
+    merged["client_cpu_s"] = sum(r["client_cpu_s"] for r in rs)
+    merged["content_checked"] = sum(r.get("content_checked", 0) for r in rs)
+    merged["client_msgs_per_s"] = [r["msgs_per_s"] for r in rs]
+    starts = [r["window_start"] for r in rs]
+    merged["client_window_skew_s"] = max(starts) - min(starts)
+    lat = array("q")
+    for path in files:
+        with open(path, "rb") as f:
+            lat.frombytes(f.read())
+        path.unlink()
+    if lat:
+        s = sorted(lat)
+        n = len(s)
+        for name, q in (("p50_us", 0.5), ("p90_us", 0.9), ("p99_us", 0.99), ("p999_us", 0.999)):
+            merged[name] = s[min(n - 1, int(q * n))] / 1e3
+        merged["max_us"], merged["mean_us"] = s[-1] / 1e3, sum(s) / n / 1e3
+    return merged
+
+
+def _derive(result: dict, r: dict, proxy_pids: list[int], target: str) -> None:
+    """Per-message and per-process figures of one run, from the load client's raw output ``r``."""
+    if target in WORKER_TARGETS:
+        result["proxy"], result["processes"] = WORKER_TARGETS[target]
+    ticks = r.get("proxy_cpu_ticks")
+    # Per message over the window the CPU was read in: msgs/s × that window (the same as
+    # ``messages`` with one client; with several, their windows are aligned).
+    msgs = r["msgs_per_s"] * r["elapsed_s"] if r.get("messages") else 0
+    if ticks is not None and msgs:
+        cpu_s = ticks / r["clk_tck"]
+        result["proxy_cpu_us_per_msg"] = cpu_s / msgs * 1e6
+        result["proxy_cpu_load"] = cpu_s / r["elapsed_s"]
+    by_pid = r.get("proxy_cpu_ns_by_pid") or {}
+    if len(proxy_pids) > 1 and by_pid and all(v is not None for v in by_pid.values()):
+        # How the proxy's processes shared its CPU, in the order of proxy_pids (master first).
+        total = sum(by_pid.values())
+        if total:
+            shares = [by_pid[str(p)] / total for p in proxy_pids]
+            result["proxy_cpu_shares"] = shares
+            result["proxy_master_share"] = shares[0]
+            workers = shares[1:]
+            if sum(workers) > 0:
+                result["proxy_busiest_worker_share"] = max(workers) / sum(workers)
+    if r.get("upstream_cpu_ticks") is not None and msgs:
+        result["upstream_cpu_us_per_msg"] = r["upstream_cpu_ticks"] / r["clk_tck"] / msgs * 1e6
+        result["upstream_cpu_load"] = r["upstream_cpu_ticks"] / r["clk_tck"] / r["elapsed_s"]
+    if msgs:
+        result["client_cpu_us_per_msg"] = r["client_cpu_s"] / r["messages"] * 1e6
+        result["client_cpu_load"] = r["client_cpu_s"] / r["elapsed_s"]
+    foreign = _foreign_load(result)
+    if foreign is not None:
+        result["foreign_cpu_load"] = foreign
+
+
 def _record(benchmark, result: dict) -> None:
     benchmark.extra_info.update(result)
     RESULTS.append(result)
@@ -375,40 +590,65 @@ def _record(benchmark, result: dict) -> None:
 
 # -- the load cells ----------------------------------------------------------------------
 
-def test_load(benchmark, stack, settings, cell: Cell, round_no: int, target: str) -> None:
+def test_load(benchmark, stack, settings, workdir, cell: Cell, round_no: int, target: str) -> None:
     """One cell against one target: messages/s, latency percentiles, proxy CPU per message."""
     t = stack["targets"][target]
     t.check()
     benchmark.group = cell.id
-    argv = ["load", "--url", t.url, "--mode", cell.mode, "--size", str(cell.size),
-            "--connections", str(cell.conns), "--window", str(settings.window),
-            "--warmup", str(settings.warmup), "--duration", str(settings.duration),
-            "--max-messages", str(settings.max_messages), "--check-every", str(CONTENT_CHECK_EVERY)]
-    for pid in t.proxy_pids:
-        argv += ["--cpu-pid", str(pid)]
-    for pid in t.upstream_pids:
-        argv += ["--ctx-pid", str(pid)]
-    load0 = os.getloadavg()
+    # One client process, or --proxy-client-procs K of them, the connections split between them.
+    k = settings.client_procs if cell.conns >= settings.client_procs else 1
+    argvs = []
+    for i in range(k):
+        conns = cell.conns // k + (1 if i < cell.conns % k else 0)
+        argv = ["load", "--url", t.url, "--mode", cell.mode, "--size", str(cell.size),
+                "--connections", str(conns), "--window", str(settings.window),
+                "--warmup", str(settings.warmup), "--duration", str(settings.duration),
+                "--max-messages", str(max(1, settings.max_messages // k)),
+                "--check-every", str(CONTENT_CHECK_EVERY)]
+        for pid in t.proxy_pids:
+            argv += ["--cpu-pid", str(pid)]
+        for pid in t.upstream_pids:
+            argv += ["--ctx-pid", str(pid)]
+        argvs.append(argv)
     box: dict = {}
 
+    def measure() -> dict:
+        quiet = _wait_quiet(settings.wait_quiet) if settings.wait_quiet > 0 else None
+        load0 = os.getloadavg()
+        timeout = settings.warmup + settings.duration + 60
+        r = _run_client(argvs[0], timeout) if k == 1 else _run_clients(argvs, timeout, workdir)
+        result = {"proxy_cell": cell.id, "proxy_kind": "load", "mode": cell.mode, "size": cell.size,
+                  "conns": cell.conns, "target": target, "round": round_no, "loadavg_start": list(load0),
+                  "loadavg_end": list(os.getloadavg()),
+                  "env": _environment(settings, stack["nginx_version"]), **r}
+        if quiet is not None:
+            result["quiet_wait_s"], result["quiet_busy_before"] = quiet
+        _derive(result, r, t.proxy_pids, target)
+        return result
+
     def run_once():
-        box["r"] = _run_client(argv, timeout=settings.warmup + settings.duration + 60)
+        # --proxy-retry-disturbed N: a run that other jobs on the machine disturbed (more than
+        # FOREIGN_DISTURBED of a CPU not accounted for) is run again, up to N times and within
+        # RETRY_BUDGET_S for the session; the discarded attempts stay in the result.
+        discarded = []
+        while True:
+            t0 = time.monotonic()
+            result = measure()
+            foreign = result.get("foreign_cpu_load")
+            if (foreign is None or foreign <= FOREIGN_DISTURBED or result.get("errors")
+                    or len(discarded) >= settings.retry_disturbed or _RETRY["spent"] >= RETRY_BUDGET_S):
+                break
+            _RETRY["spent"] += time.monotonic() - t0
+            discarded.append({key: result.get(key) for key in (
+                "msgs_per_s", "proxy_cpu_us_per_msg", "foreign_cpu_load", "machine_busy", "p99_us")})
+            t.check()
+        if discarded:
+            result["discarded_attempts"] = discarded
+        box["result"] = result
 
     benchmark.pedantic(run_once, rounds=1, iterations=1, warmup_rounds=0)
-    r = box["r"]
-    result = {"proxy_cell": cell.id, "proxy_kind": "load", "mode": cell.mode, "size": cell.size,
-              "conns": cell.conns, "target": target, "round": round_no, "loadavg_start": list(load0),
-              "loadavg_end": list(os.getloadavg()),
-              "env": _environment(settings, stack["nginx_version"]), **r}
-    ticks = r.get("proxy_cpu_ticks")
-    if ticks is not None and r.get("messages"):
-        cpu_s = ticks / r["clk_tck"]
-        result["proxy_cpu_us_per_msg"] = cpu_s / r["messages"] * 1e6
-        result["proxy_cpu_load"] = cpu_s / r["elapsed_s"]
-    if r.get("upstream_cpu_ticks") is not None and r.get("messages"):
-        result["upstream_cpu_us_per_msg"] = r["upstream_cpu_ticks"] / r["clk_tck"] / r["messages"] * 1e6
-    if r.get("messages"):
-        result["client_cpu_us_per_msg"] = r["client_cpu_s"] / r["messages"] * 1e6
+    result = box["result"]
+    r = result
     result.pop("latencies", None)
     _record(benchmark, result)
     t.check()
@@ -578,7 +818,6 @@ def _micro_target(case: Micro):
     return runs, setup, check
 
 
-@pytest.mark.parametrize("micro", MICRO, ids=[m.id for m in MICRO])
 def test_micro(benchmark, settings, micro: Micro) -> None:
     """Plugin dispatch and PDK calls, per call: pytest-benchmark rounds of ``MICRO_CALLS`` runs."""
     if str(HERE.parent) not in sys.path:
@@ -656,7 +895,10 @@ def _div(a, b):
 
 
 MEDIAN_KEYS = ("msgs_per_s", "proxy_cpu_us_per_msg", "proxy_cpu_load", "upstream_cpu_us_per_msg",
-               "client_cpu_us_per_msg", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us")
+               "client_cpu_us_per_msg", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us",
+               "machine_busy", "machine_softirq", "machine_steal", "client_cpu_load", "upstream_cpu_load",
+               "proxy_master_share", "foreign_cpu_load",
+               "proxy_busiest_worker_share")
 
 
 def _median(xs):
@@ -671,6 +913,9 @@ def aggregate(results) -> dict:
     groups: dict = {}
     for r in results:
         if r.get("proxy_kind") == "load":
+            foreign = _foreign_load(r)
+            if foreign is not None:
+                r = {**r, "foreign_cpu_load": foreign}
             groups.setdefault((r["proxy_cell"], r["target"]), []).append(r)
     out = {}
     for key, rs in groups.items():
@@ -701,6 +946,9 @@ def report_lines(doc: dict, baseline: dict | None = None) -> list[str]:
     targets = [t for t in (*LOCAL_TARGETS, "target") if any(k[1] == t for k in load)]
     proxy = "target" if "target" in targets else "fastws"
     has_nginx = "nginx" in targets
+    wtargets = [t for t in WORKER_TARGETS if any(k[1] == t for k in load)]
+    # The usual tables need a proxy of the usual targets (not so with --proxy-workers-only).
+    standard = any(t in targets for t in ("nginx", "fastws", "target", *PLUGIN_TARGETS))
 
     def get(cell, target, key):
         r = load.get((cell.id, target))
@@ -708,10 +956,16 @@ def report_lines(doc: dict, baseline: dict | None = None) -> list[str]:
 
     out = ["## Proxy load suite report", ""]
     out += _machine_lines(doc, results)
-    out += _goal_lines(cells, get, idle, has_nginx, proxy, micro)
+    if standard or idle or micro.get("raw"):
+        out += _goal_lines(cells, get, idle, has_nginx, proxy, micro)
     names = TARGET_NAMES
-    if not cells:
+    wlines = (_workers_lines([c for c in cells if any((c.id, w) in load for w in wtargets)], get, wtargets)
+              if wtargets else [])
+    if not cells or not standard:
+        out += wlines
         out += _micro_lines(micro)
+        if baseline is not None and cells:
+            out += _baseline_lines(load, baseline, cells, [*targets, *wtargets], names)
         return out
 
     out += ["### Messages/s (echoed round trips a second; higher is better)", ""]
@@ -776,6 +1030,7 @@ def report_lines(doc: dict, baseline: dict | None = None) -> list[str]:
         out.append("| " + " | ".join(row) + " |")
     out += ["", "Added p99 = p99 through the proxy − p99 direct; its ratio is judged only on "
             "ping-pong ×50 (bold: goal missed).", ""]
+    out += wlines
     out += _micro_lines(micro)
 
     if idle:
@@ -798,12 +1053,116 @@ def report_lines(doc: dict, baseline: dict | None = None) -> list[str]:
             out += [f"Capped: {note}.", ""]
 
     if baseline is not None:
-        out += _baseline_lines(load, baseline, cells, targets, names)
+        out += _baseline_lines(load, baseline, cells, [*targets, *wtargets], names)
+    return out
+
+
+def _fmt_pct(x):
+    return "–" if x is None else f"{x * 100:.0f}%"
+
+
+def _disturbed(values) -> str:
+    n = sum(1 for v in values or () if v > FOREIGN_DISTURBED)
+    return f" ({n}/{len(values)} disturbed)" if n else ""
+
+
+def _workers_lines(cells, get, wtargets) -> list[str]:
+    """The processes comparison: fastws --workers N against nginx worker_processes N."""
+    if not cells:
+        return []
+    names = TARGET_NAMES
+    pairs = [(f"fastws-w{n}", f"nginx-w{n}") for n in (1, 2)]
+    pairs = [(a, b) for a, b in pairs if a in wtargets and b in wtargets]
+    scaling = [(f"{p}-w2", f"{p}-w1") for p in ("fastws", "nginx")
+               if f"{p}-w2" in wtargets and f"{p}-w1" in wtargets]
+    has_direct = any(get(c, "direct", "msgs_per_s") is not None for c in cells)
+    out = ["### Processes: `fastws --workers N` against nginx `worker_processes N`", "",
+           "Real command lines (`python -m fastws --workers N --listen ... --upstream ...`; nginx with "
+           "`worker_processes N`), on the cells with 50 connections, which the kernel spreads over the "
+           "workers (SO_REUSEPORT for fastws). CPU is user+sys of the master and all its workers "
+           "(the master's share is under 0.1%). "
+           "fastws-wN ÷ nginx-wN: messages/s > 1 and CPU < 1 favour fastws; w2 ÷ w1 is what the "
+           "second worker changed.", ""]
+    rcols = [(f"{names[a]} ÷ {names[b]}", a, b) for a, b in pairs]
+    scols = [(f"{names[a].split('-')[0]} w2 ÷ w1", a, b) for a, b in scaling]
+    out += ["#### Messages/s (higher is better)", ""]
+    out += _head(["cell", *(["direct"] if has_direct else []), *(names[t] for t in wtargets),
+                  *(c[0] for c in rcols), *(c[0] for c in scols)])
+    for cell in cells:
+        row = [cell.label] + ([_fmt_rate(get(cell, "direct", "msgs_per_s"))] if has_direct else [])
+        row += [_fmt_rate(get(cell, t, "msgs_per_s")) for t in wtargets]
+        row += [_fmt_ratio(_div(get(cell, a, "msgs_per_s"), get(cell, b, "msgs_per_s"))) for _, a, b in rcols]
+        row += [_fmt_ratio(_div(get(cell, a, "msgs_per_s"), get(cell, b, "msgs_per_s"))) for _, a, b in scols]
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    out += ["#### Proxy CPU per message (µs of user+sys, master and workers, a round trip; median "
+            "[range] over the rounds; all the proxy's processes' CPU load in parentheses; lower is better)", ""]
+    out += _head(["cell", *(names[t] for t in wtargets), *(c[0] for c in rcols), *(c[0] for c in scols)])
+    key = "proxy_cpu_us_per_msg"
+    for cell in cells:
+        row = [cell.label]
+        for t in wtargets:
+            us, ld = get(cell, t, key), get(cell, t, "proxy_cpu_load")
+            spread = get(cell, t, key + "_all") or []
+            rng = f" [{min(spread):.1f}–{max(spread):.1f}]" if len(spread) > 1 else ""
+            row.append("–" if us is None else f"{us:.1f}{rng} ({_fmt_pct(ld)})")
+        row += [_fmt_ratio(_div(get(cell, a, key), get(cell, b, key))) for _, a, b in rcols]
+        row += [_fmt_ratio(_div(get(cell, a, key), get(cell, b, key))) for _, a, b in scols]
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    out += ["#### Who used the CPUs (medians over the rounds)", "",
+            "proxy: all its processes, 100% = one CPU; busiest worker: its share of the workers' CPU "
+            "(50% = even); client: the load client(s); echo: the upstream; machine: busy share of all "
+            "CPUs (`/proc/stat`), whoever used them, and in parentheses the part of it in softirq (mostly "
+            "the loopback network stack; with this kernel's tick-based accounting it is charged to "
+            "the process that was running, so it is inside the columns before); others: busy CPU "
+            "that neither the suite's processes nor the kernel threads account for, i.e. other jobs "
+            "on the machine (100% = "
+            "one CPU; near 0 on a quiet machine), and how many rounds it exceeded "
+            f"{FOREIGN_DISTURBED:.0%} in (disturbed rounds stay in the medians). A client near 100% is "
+            "saturated; a machine near 100% means messages/s measures the machine, not the proxy.", ""]
+    cols = ["cell", "target", "msgs/s", "proxy", "busiest worker", "client", "echo", "machine (softirq)",
+            "others", "p50 / p99 µs"]
+    out += _head(cols)
+    for cell in cells:
+        for t in (["direct"] if has_direct else []) + list(wtargets):
+            if get(cell, t, "msgs_per_s") is None:
+                continue
+            busiest = get(cell, t, "proxy_busiest_worker_share")
+            out.append("| " + " | ".join([
+                cell.label, names[t], _fmt_rate(get(cell, t, "msgs_per_s")),
+                _fmt_pct(get(cell, t, "proxy_cpu_load")),
+                _fmt_pct(busiest) if t.endswith("-w2") else "–",
+                _fmt_pct(get(cell, t, "client_cpu_load")), _fmt_pct(get(cell, t, "upstream_cpu_load")),
+                f"{_fmt_pct(get(cell, t, 'machine_busy'))} ({_fmt_pct(get(cell, t, 'machine_softirq'))})",
+                _fmt_pct(get(cell, t, "foreign_cpu_load"))
+                + _disturbed(get(cell, t, "foreign_cpu_load_all")),
+                f"{_fmt_us(get(cell, t, 'p50_us'))} / {_fmt_us(get(cell, t, 'p99_us'))}"]) + " |")
+    out.append("")
+    w2 = [t for t in wtargets if t.endswith("-w2")]
+    busy = [get(c, t, "machine_busy") for c in cells for t in w2]
+    client = [get(c, t, "client_cpu_load") for c in cells for t in w2]
+    busy = [b for b in busy if b is not None]
+    client = [c for c in client if c is not None]
+    if busy and client:
+        procs = max((get(c, t, "clients") or 1) for c in cells for t in w2)
+        who = "the load client used" if procs == 1 else f"the {procs} load clients used together"
+        out += [f"With 2 workers the machine was {min(busy) * 100:.0f}–{max(busy) * 100:.0f}% busy "
+                f"(median {_median(busy) * 100:.0f}%) and {who} "
+                f"{min(client) * 100:.0f}–{max(client) * 100:.0f}% of one CPU.", ""]
+    foreign = [f for c in cells for t in ("direct", *wtargets) for f in (get(c, t, "foreign_cpu_load_all") or [])]
+    bad = [f for f in foreign if f > FOREIGN_DISTURBED]
+    if bad:
+        out += [f"**Other jobs on the machine disturbed {len(bad)} of {len(foreign)} runs** (more than "
+                f"{FOREIGN_DISTURBED:.0%} of a CPU, up to {max(foreign) * 100:.0f}%; median over all runs "
+                f"{_median(foreign) * 100:.0f}%): their messages/s are depressed, their CPU per message "
+                "less so; the medians over the rounds damp single disturbed rounds.", ""]
     return out
 
 
 TARGET_NAMES = {"direct": "direct", "nginx": "nginx", "fastws": "fastws", "fastws-inspect": "fastws+inspect",
-                "fastws-read": "fastws+read", "fastws-rewrite": "fastws+rewrite", "target": "target"}
+                "fastws-read": "fastws+read", "fastws-rewrite": "fastws+rewrite", "target": "target",
+                **{t: t for t in WORKER_TARGETS}}
 PLUGIN_TARGETS = ("fastws-inspect", "fastws-read", "fastws-rewrite")    # the handler-chain targets
 PLUGIN_SHORT = {"fastws-inspect": "inspect", "fastws-read": "read", "fastws-rewrite": "rewrite",
                 "fastws": "fastws"}
@@ -949,7 +1308,31 @@ def _machine_lines(doc, results) -> list[str]:
                  "load client and echo upstream: picows "
                  f"{env.get('picows', '?')} on uvloop {env.get('uvloop', '?')}"
                  + (f" (aiofastnet {env['aiofastnet']})" if env.get("aiofastnet") else "")
-                 + (f"; {env['nginx']}, 1 worker" if env.get("nginx") else "; nginx: not run"))
+                 + (f"; {env['nginx']}" if env.get("nginx") else "; nginx: not run")
+                 + (", 1 worker" if any(r.get("target") == "nginx" for r in results) else ""))
+    if env.get("workers_comparison"):
+        reuse = ("`listen ... reuseport`, one socket a worker" if env.get("nginx_reuseport")
+                 else "nginx's default shared listening socket")
+        lines.append(f"- Processes comparison ({'alone' if env['workers_comparison'] == 'only' else 'with the suite'}): "
+                     f"`python -m fastws --workers 1|2`, nginx `worker_processes 1|2` ({reuse}); "
+                     "the other nginx and fastws targets run one worker")
+    waits = [r["quiet_wait_s"] for r in results if r.get("quiet_wait_s") is not None]
+    if waits:
+        late = [r for r in results if r.get("quiet_wait_s") is not None
+                and r.get("quiet_busy_before", 0) > QUIET_BUSY]
+        lines.append(f"- Before each run the suite waited for the machine to be idle (≤ {QUIET_BUSY:.0%} busy): "
+                     f"{sum(waits):.0f} s in all, at most {max(waits):.1f} s"
+                     + (f"; {len(late)} run(s) started busy after the limit" if late else ""))
+    retried = [r for r in results if r.get("discarded_attempts")]
+    if retried:
+        n = sum(len(r["discarded_attempts"]) for r in retried)
+        still = sum(1 for r in retried if (_foreign_load(r) or 0) > FOREIGN_DISTURBED)
+        lines.append(f"- {len(retried)} run(s) were run again because other jobs on the machine disturbed "
+                     f"them ({n} attempt(s) discarded, kept in the JSON as `discarded_attempts`)"
+                     + (f"; {still} of them were disturbed again on the last try" if still else ""))
+    if (env.get("client_procs") or 1) > 1:
+        lines.append(f"- {env['client_procs']} load-client processes on every cell with at least that many "
+                     "connections, counted windows aligned")
     lines.append(f"- Each run: {env.get('warmup_s', '?')} s warm-up, then a counted window of "
                  f"{env.get('duration_s', '?')} s; {env.get('rounds', 1)} round(s) of every cell and target, "
                  "round-robin, medians reported; "
@@ -1070,11 +1453,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="fastws proxy load suite: run it (through pytest) or print the report of a run",
         epilog="Other arguments go to pytest (suite options: --ws-target-pid, --ws-direct, "
-               "--proxy-duration, --proxy-warmup, --proxy-window, --proxy-idle, --proxy-no-nginx, "
-               "--proxy-quick, -k CELLS).")
+               "--proxy-duration, --proxy-warmup, --proxy-rounds, --proxy-window, --proxy-idle, "
+               "--proxy-no-nginx, --proxy-quick, --proxy-workers, --proxy-workers-only, "
+               "--proxy-nginx-reuseport, --proxy-client-procs K, -k CELLS).")
     ap.add_argument("--report", metavar="JSON", help="print the report of this results file and exit")
     ap.add_argument("--baseline", metavar="JSON", help="with the report: compare against this run")
     ap.add_argument("--json", metavar="PATH", help="write the results here (default: a temp file)")
+    ap.add_argument("--workers", action="store_true",
+                    help="only the processes comparison: fastws --workers 1 and 2 against nginx "
+                         "worker_processes 1 and 2 on the 50-connection cells (= --proxy-workers-only; "
+                         "--proxy-workers adds it to the whole suite instead)")
     args, rest = ap.parse_known_args(argv)
     if args.report:
         base = load_results(args.baseline) if args.baseline else None
@@ -1084,6 +1472,8 @@ def main(argv: list[str] | None = None) -> int:
     repo = str(HERE.parent)
     if repo not in sys.path:
         sys.path.insert(0, repo)       # so -p benchmarks.conftest_proxy imports
+    if args.workers:
+        rest = ["--proxy-workers-only", *rest]
     code = pytest.main([str(HERE / "bench_proxy.py"), "-p", "benchmarks.conftest_proxy", "-q",
                         "--proxy-json", out, *rest])
     if os.path.exists(out):

@@ -63,6 +63,34 @@ def pytest_addoption(parser) -> None:
         help="development runs: 1 round of 0.3 s windows, 0.1 s warm-up, 500 idle connections, "
              "60 rounds of each plugin microbenchmark (env FASTWS_BENCH_QUICK=1)")
     group.addoption(
+        "--proxy-workers", action="store_true", default=None,
+        help="add the processes comparison to the suite: `python -m fastws --workers 1` and "
+             "`--workers 2` (master + forked SO_REUSEPORT workers) against nginx with worker_processes "
+             "1 and 2, on the 50-connection cells, interleaved with the other targets "
+             "(env FASTWS_BENCH_WORKERS=1)")
+    group.addoption(
+        "--proxy-workers-only", action="store_true", default=None,
+        help="run only the processes comparison: direct, fastws-w1, fastws-w2, nginx-w1, nginx-w2 on "
+             "the 50-connection cells; no idle cell, no microbenchmarks (env FASTWS_BENCH_WORKERS=only)")
+    group.addoption(
+        "--proxy-nginx-reuseport", action="store_true", default=None,
+        help="nginx-w1/nginx-w2 listen with `reuseport` (one socket a worker, as fastws's workers) "
+             "instead of nginx's default shared socket (env FASTWS_BENCH_NGINX_REUSEPORT=1)")
+    group.addoption(
+        "--proxy-client-procs", metavar="K", type=int, default=None,
+        help="drive every cell with at least K connections from K load-client processes (the "
+             "connections split between them, their counted windows aligned); default 1 "
+             "(env FASTWS_BENCH_CLIENT_PROCS)")
+    group.addoption(
+        "--proxy-wait-quiet", metavar="SECONDS", type=float, default=None,
+        help="before each load run wait up to this long for the machine to be idle (other jobs on a "
+             "shared machine); 0 (default) does not wait (env FASTWS_BENCH_WAIT_QUIET)")
+    group.addoption(
+        "--proxy-retry-disturbed", metavar="N", type=int, default=None,
+        help="run a load run again (up to N times, 5 minutes of re-runs a session at most) when other "
+             "jobs on the machine used more than 25%% of a CPU during its window; the discarded "
+             "attempts stay in the results (env FASTWS_BENCH_RETRY_DISTURBED)")
+    group.addoption(
         "--proxy-json", metavar="PATH", default=None,
         help="also write the suite's own results file (what --report reads; "
              "--benchmark-json output works too) (env FASTWS_BENCH_PROXY_JSON)")

@@ -4,7 +4,8 @@ Two commands, each printing one JSON object on stdout::
 
     python benchmarks/loadclient.py load --url ws://127.0.0.1:8000/ --mode pingpong \\
         --size 1024 --connections 50 [--window 16] [--warmup 0.5] [--duration 3] \\
-        [--max-messages N] [--check-every N] [--cpu-pid PID]... [--ctx-pid PID]...
+        [--max-messages N] [--check-every N] [--cpu-pid PID]... [--ctx-pid PID]... \
+        [--start-at MONOTONIC] [--latencies-out PATH]
     python benchmarks/loadclient.py idle --url ws://127.0.0.1:8000/ --connections 10000
         # prints {"connected": n, ...} once all are open, holds them until stdin closes
 
@@ -23,8 +24,12 @@ until ``--max-messages`` echoes, whichever comes first) while echoes and their
 latencies are counted.  At both ends of that window the client reads the
 user+sys CPU ticks of every ``--cpu-pid`` (the proxy) and ``--ctx-pid`` (the
 upstream, for context) and its own ``getrusage``, so the CPU figures cover
-exactly the counted messages.  Then the load stops, in-flight echoes drain,
-and every connection closes with 1000.
+exactly the counted messages; each ``--cpu-pid``'s own share too
+(``proxy_cpu_ns_by_pid``: how a master and its workers split the work), and the
+machine's busy and idle time from ``/proc/stat`` (``machine_busy``: the share of
+all CPUs that did anything in the window, whoever it was; ``machine_softirq``: the
+share in softirq, which no process is charged for).  Then the load stops,
+in-flight echoes drain, and every connection closes with 1000.
 
 Every echo is checked for its size, and with ``--check-every N`` every Nth echo
 that came back in one frame also for its bytes (all messages carry the same
@@ -32,6 +37,13 @@ random payload); a wrong size or content, a close from the far end or a lost
 connection is an error in the JSON (``errors``), and the suite fails the cell.
 (The content check is what shows that a rewriting plugin target, which reverses
 every message both ways, gave every message back as it was sent.)
+
+Several clients at once (the suite's ``--proxy-client-procs K``): each gets
+``--start-at T``, a ``time.monotonic()`` value (CLOCK_MONOTONIC, the same in
+every process of the machine), and begins its counted window then (after its
+warm-up, if that ends later: ``window_start`` in the JSON tells), so the
+windows of all of them coincide; ``--latencies-out PATH`` writes the counted
+latencies (native int64 ns) for the suite to merge into one set of percentiles.
 """
 
 from __future__ import annotations
@@ -68,6 +80,53 @@ def _sched_ns(pid: int) -> int | None:
                 total += int(f.read().split()[0])
     except (OSError, IndexError, ValueError):
         return None
+    return total
+
+
+def _machine_jiffies() -> list[int] | None:
+    """Jiffies of all CPUs from the ``cpu`` line of ``/proc/stat``: user nice system idle
+    iowait irq softirq steal (guest time is already inside user/nice)."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def _machine_shares(a: list[int] | None, b: list[int] | None) -> dict:
+    """Shares of all CPUs' time between two ``_machine_jiffies`` readings.
+
+    ``machine_busy``: everything but idle and iowait; ``machine_softirq``: the part of it
+    in softirq (here: the loopback network stack, charged to no process, so in nobody's
+    ``/proc/<pid>/stat``); ``machine_steal``: taken by the hypervisor.
+    """
+    if not a or not b:
+        return {}
+    d = [y - x for x, y in zip(a, b)]
+    total = sum(d)
+    if total <= 0:
+        return {}
+    return {"machine_busy": (total - d[3] - d[4]) / total, "machine_softirq": (d[5] + d[6]) / total,
+            "machine_steal": d[7] / total}
+
+
+def _kthread_ticks() -> int:
+    """user + sys ticks of all kernel threads (children of kthreadd, pid 2): ksoftirqd, kworkers.
+
+    Under load the kernel moves network softirq work to ksoftirqd; that is the machine's work
+    for this traffic too, but charged to none of the suite's processes.
+    """
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == b"2":            # ppid: a kernel thread
+            total += int(fields[11]) + int(fields[12])
     return total
 
 
@@ -239,9 +298,14 @@ async def load(args) -> dict:
         conn.start()
 
     await asyncio.sleep(args.warmup)
+    if args.start_at is not None:
+        await asyncio.sleep(max(0.0, args.start_at - time.monotonic()))
+    window_start = time.monotonic()
     pids = args.cpu_pid + args.ctx_pid
     ticks0 = {pid: _ticks(pid) for pid in pids}
     ns0 = {pid: _sched_ns(pid) for pid in pids}
+    machine0 = _machine_jiffies()
+    kthreads0 = _kthread_ticks()
     self0 = _self_cpu()
     start = time.perf_counter()
     run.measuring = True
@@ -252,6 +316,8 @@ async def load(args) -> dict:
     run.measuring = False
     elapsed = time.perf_counter() - start
     self1 = _self_cpu()
+    machine1 = _machine_jiffies()
+    kthreads1 = _kthread_ticks()
     ticks1 = {pid: _ticks(pid) for pid in pids}
     ns1 = {pid: _sched_ns(pid) for pid in pids}
 
@@ -273,7 +339,9 @@ async def load(args) -> dict:
             return None
         return sum(b[p] - a[p] for p in group)
 
+    result["_latencies"] = run.latencies      # for --latencies-out; written by main(), not printed
     result.update({
+        "window_start": window_start,
         "messages": run.count,
         "elapsed_s": elapsed,
         "msgs_per_s": run.count / elapsed if elapsed > 0 else 0.0,
@@ -283,7 +351,12 @@ async def load(args) -> dict:
         "proxy_pids": args.cpu_pid,
         "proxy_cpu_ticks": delta(ticks0, ticks1, args.cpu_pid) if args.cpu_pid else None,
         "proxy_cpu_ns": delta(ns0, ns1, args.cpu_pid) if args.cpu_pid else None,
+        "proxy_cpu_ns_by_pid": {str(p): delta(ns0, ns1, [p]) for p in args.cpu_pid},
         "upstream_cpu_ticks": delta(ticks0, ticks1, args.ctx_pid) if args.ctx_pid else None,
+        "upstream_cpu_ns": delta(ns0, ns1, args.ctx_pid) if args.ctx_pid else None,
+        **_machine_shares(machine0, machine1),
+        "kthread_cpu_ticks": kthreads1 - kthreads0,
+        "machine_cpus": os.cpu_count(),
         "client_cpu_s": self1 - self0,
         "content_checked": run.checked,
         "errors": run.errors,
@@ -360,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also compare every Nth echo's bytes with the message sent (0: sizes only)")
     lp.add_argument("--cpu-pid", type=int, action="append", default=[], help="proxy process (repeat)")
     lp.add_argument("--ctx-pid", type=int, action="append", default=[], help="upstream process (repeat)")
+    lp.add_argument("--start-at", type=float, default=None, metavar="MONOTONIC",
+                    help="begin the counted window at this time.monotonic() (after the warm-up at the earliest)")
+    lp.add_argument("--latencies-out", default=None, metavar="PATH",
+                    help="write the counted latencies here (int64 ns, native byte order)")
     ip = sub.add_parser("idle", help="open N connections and hold them until stdin closes")
     ip.add_argument("--url", required=True)
     ip.add_argument("--connections", type=int, default=10000)
@@ -373,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "idle":
         return uvloop.run(idle(args))
     result = uvloop.run(load(args))
+    latencies = result.pop("_latencies", None)
+    if args.latencies_out and latencies is not None:
+        with open(args.latencies_out, "wb") as f:
+            latencies.tofile(f)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

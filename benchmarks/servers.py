@@ -11,6 +11,11 @@ Library side (imported by ``bench_proxy.py``)::
             proxy.url, proxy.pids, cpu_ticks(proxy.pids), vm_rss(proxy.pid)
         with NginxProxy.start(tmpdir, echo.port) as nginx:  # only if nginx_binary() finds one
             ...
+        # the processes comparison: real command lines, master + N workers, CPU of all of them
+        with FastwsWorkers.start(tmpdir, echo.url, workers=2) as fw:     # python -m fastws --workers 2
+            fw.pids                                         # [master, worker, worker]
+        with NginxProxy.start(tmpdir, echo.port, workers=2, name="nginx-w2") as nginx:
+            nginx.pids                                      # [master, worker, worker]
 
 Launcher side (what the subprocesses run)::
 
@@ -19,6 +24,8 @@ Launcher side (what the subprocesses run)::
         [--chain none|inspect]
     python -m fastws --config WORKDIR/fastws-read.yaml --listen 127.0.0.1:P \
         --upstream ws://127.0.0.1:U/ --log-level warning      # chain "read" / "rewrite"
+    python -m fastws --workers N --listen 127.0.0.1:P --upstream ws://127.0.0.1:U/ \
+        --log-level warning                                   # FastwsWorkers (fastws-wN)
 
 ``fastws --chain inspect`` runs one worker (``fastws.worker.run``) with a
 trivial handler chain on both directions (``TrivialChain``, handed in through
@@ -57,9 +64,10 @@ NGINX_TEMPLATE = HERE / "nginx.conf.template"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 __all__ = [
-    "EchoUpstream", "FastwsProxy", "NginxProxy", "TrivialChain",
+    "EchoUpstream", "FastwsProxy", "FastwsWorkers", "NginxProxy", "TrivialChain",
     "ReadPlugin", "RewritePlugin", "NoopPlugin", "SetFrameDataPlugin", "PLUGIN_TARGETS", "plugin_config",
-    "cpu_ticks", "cpu_ns", "vm_rss", "vm_hwm", "fd_count", "free_port", "raise_nofile",
+    "cpu_ticks", "cpu_ns", "vm_rss", "vm_hwm", "fd_count", "free_port", "raise_nofile", "children",
+    "listening_sockets",
     "nginx_binary", "nginx_version", "nginx_connections", "write_nginx_conf", "CLK_TCK",
 ]
 
@@ -125,6 +133,32 @@ def children(pid: int) -> list[int]:
         except OSError:
             pass
     return out
+
+
+def listening_sockets(host: str, port: int) -> int:
+    """How many TCP sockets listen on ``host:port`` (IPv4), from ``/proc/net/tcp``.
+
+    With SO_REUSEPORT every worker has a listener of its own, so this counts the
+    workers ready to accept (``fastws --workers N``: N when all are up).
+    """
+    want = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
+    count = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[1] == want and fields[3] == "0A":       # local address, state LISTEN
+                count += 1
+    return count
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a worker of ours that exited but was not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -274,6 +308,112 @@ class FastwsProxy(_Process):
         _wait_port(host, port, proc, log)
         self = cls(proc, host, port, "/", log)
         self.chain = chain
+        self._children = []
+        if chain in PLUGIN_TARGETS:
+            # ``python -m fastws`` is a master and one worker: the CPU of both is the proxy's.
+            deadline = time.monotonic() + 10
+            while not (kids := children(proc.pid)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if len(kids) != 1:
+                self.stop()
+                raise RuntimeError(f"fastws ({chain}): expected one worker, found {kids}:\n" + _tail(log))
+            self._children = kids
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *self._children]
+
+
+class _Workers:
+    """What the processes comparison needs of a master with N worker processes.
+
+    ``pids`` is the master and its workers (the CPU of all of them is the
+    proxy's), read from ``/proc/<master>/task/*/children`` once all are up; a
+    worker that died (and was replaced by the master) makes ``check()`` fail, so a
+    cell is never measured on a different set of processes than it charges.
+    """
+
+    workers: int = 1
+    _workers: list = ()
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *self._workers]
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return list(self._workers)
+
+    def check(self) -> None:
+        super().check()
+        gone = [pid for pid in self._workers if not _alive(pid)]
+        if gone:
+            raise RuntimeError(f"{self.name}: worker(s) {gone} exited; the master now has "
+                               f"{children(self.proc.pid)}:\n" + _tail(self.log))
+
+    def _wait_workers(self, timeout: float = 15.0) -> None:
+        """Until the master has ``workers`` children and that many sockets listen on the port."""
+        deadline = time.monotonic() + timeout
+        kids: list[int] = []
+        listening = 0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n" + _tail(self.log))
+            kids = children(self.proc.pid)
+            listening = listening_sockets(self.host, self.port)
+            if len(kids) == self.workers and listening == self.expect_listeners:
+                self._workers = kids
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{self.name}: {len(kids)} worker(s) and {listening} listener(s) after "
+                           f"{timeout:.0f}s, expected {self.workers} and {self.expect_listeners}:\n"
+                           + _tail(self.log))
+
+    def stop(self) -> None:
+        """The master by its pid (it stops its workers); then any worker still there, by its pid."""
+        super().stop()
+        deadline = time.monotonic() + 5
+        left = [pid for pid in self._workers if _alive(pid)]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = [pid for pid in left if _alive(pid)]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class FastwsWorkers(_Workers, _Process):
+    """``python -m fastws --workers N --listen ... --upstream ...``: what users run.
+
+    A master (no event loop) forks N workers, each binding its own SO_REUSEPORT
+    listener (the kernel hashes new connections over them); ``pids`` is the
+    master and its workers.  Passthrough, no config file, log level warning (as
+    the plugin targets; the default ``info`` logs nothing a message either).
+    """
+
+    name = "fastws --workers"
+
+    @classmethod
+    def start(cls, tmpdir: Path, upstream_url: str, workers: int = 2,
+              host: str = "127.0.0.1") -> "FastwsWorkers":
+        port = free_port()
+        log = Path(tmpdir) / f"fastws-w{workers}-{port}.log"
+        argv = [_python(), "-m", "fastws", "--workers", str(workers), "--listen", f"{host}:{port}",
+                "--upstream", upstream_url, "--log-level", "warning"]
+        proc = _spawn(argv, log, preexec_fn=raise_nofile)
+        self = cls(proc, host, port, "/", log)
+        self.name = f"fastws --workers {workers}"
+        self.workers = workers                              # children of the master
+        self.expect_listeners = workers
+        self._workers = []
+        try:
+            _wait_port(host, port, proc, log)
+            self._wait_workers()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
 
@@ -309,7 +449,7 @@ def nginx_connections(proxied: int) -> int:
 
 def write_nginx_conf(tmpdir: Path, listen_port: int, upstream_port: int, *,
                      host: str = "127.0.0.1", upstream_host: str = "127.0.0.1",
-                     connections: int = 4096) -> Path:
+                     connections: int = 4096, workers: int = 1, reuseport: bool = False) -> Path:
     """Fill ``nginx.conf.template`` (``@NAME@`` placeholders) into ``tmpdir/nginx.conf``.
 
     ``@`` placeholders rather than ``str.format``/``$name``: nginx uses both
@@ -322,6 +462,8 @@ def write_nginx_conf(tmpdir: Path, listen_port: int, upstream_port: int, *,
         "USER": "user root;" if os.geteuid() == 0 else "",
         "NOFILE": str(nofile),
         "CONNECTIONS": str(connections),
+        "WORKERS": str(workers),
+        "REUSEPORT": " reuseport" if reuseport else "",
         "LISTEN": f"{host}:{listen_port}",
         "UPSTREAM": f"{upstream_host}:{upstream_port}",
     }
@@ -335,46 +477,51 @@ def write_nginx_conf(tmpdir: Path, listen_port: int, upstream_port: int, *,
     return conf
 
 
-class NginxProxy(_Process):
-    """nginx with one worker process (master + worker), config from ``nginx.conf.template``."""
+class NginxProxy(_Workers, _Process):
+    """nginx, master + ``workers`` worker processes (1 by default), config from ``nginx.conf.template``.
+
+    ``pids``: the master and every worker, all "the proxy's processes" (the master
+    is idle).  ``name`` is also the subdirectory of ``tmpdir`` it runs in (config,
+    pid file, logs), so several can run side by side.  ``reuseport``: one listening
+    socket a worker (``listen ... reuseport``) instead of nginx's default shared one.
+    """
 
     name = "nginx"
     stop_signal = signal.SIGTERM     # fast shutdown; SIGQUIT would wait for every WebSocket
 
     @classmethod
     def start(cls, tmpdir: Path, upstream_port: int, binary: str | None = None,
-              host: str = "127.0.0.1", proxied: int = 100) -> "NginxProxy":
+              host: str = "127.0.0.1", proxied: int = 100, workers: int = 1,
+              reuseport: bool = False, name: str = "nginx") -> "NginxProxy":
         """Start nginx in front of 127.0.0.1:``upstream_port``, sized for ``proxied`` connections."""
         binary = binary or nginx_binary()
         if binary is None:
             raise RuntimeError("nginx not found")
-        tmpdir = Path(tmpdir) / "nginx"
+        tmpdir = Path(tmpdir) / name
         tmpdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         conf = write_nginx_conf(tmpdir, port, upstream_port, host=host,
-                                connections=nginx_connections(proxied))
+                                connections=nginx_connections(proxied), workers=workers,
+                                reuseport=reuseport)
         log = tmpdir / "error.log"
         proc = _spawn([binary, "-p", str(tmpdir), "-c", str(conf), "-e", str(log),
                        "-g", "daemon off;"], log, preexec_fn=raise_nofile)
-        _wait_port(host, port, proc, log)
         self = cls(proc, host, port, "/", log)
+        self.name = name
+        self.workers = workers
+        self.reuseport = reuseport
+        # The shared socket is the master's (workers inherit it): one in /proc/net/tcp.
+        self.expect_listeners = workers if reuseport else 1
+        self._workers = []
+        try:
+            _wait_port(host, port, proc, log)
+            self._wait_workers()
+        except BaseException:
+            self.stop()
+            raise
         self.binary = binary
         self.version = nginx_version(binary)
-        self._workers: list[int] = []
-        deadline = time.monotonic() + 5
-        while not self._workers and time.monotonic() < deadline:
-            self._workers = children(proc.pid)
-            time.sleep(0.02)
         return self
-
-    @property
-    def pids(self) -> list[int]:
-        """Master and worker: both are "the proxy's processes" (the master is idle)."""
-        return [self.proc.pid, *self._workers]
-
-    @property
-    def worker_pids(self) -> list[int]:
-        return list(self._workers)
 
 
 # -- the launchers (subprocess side) --------------------------------------------------------
