@@ -266,41 +266,49 @@ async def connect_loop(port: int, stop: asyncio.Event, *, parallel: int = 48, li
     return counts
 
 
-def reload_under_load(proc, port: int, config, workers) -> tuple[dict, list, float]:
-    """SIGHUP to a v2 config while a connect loop runs; the loop goes on until every old
-    worker has exited, and one more second."""
+RELOADS = 4
+
+
+def reload_under_load(proc, port: int, config) -> tuple[dict, list[float]]:
+    """``RELOADS`` SIGHUPs (to configs v2, v3, ...) while a connect loop runs; each waits until
+    the generation before it has exited; the loop goes on one more second after the last."""
     async def scenario():
         stop = asyncio.Event()
         loop_task = asyncio.ensure_future(connect_loop(port, stop))
         await asyncio.sleep(1.0)
-        tagger_config(config, "v2", drain_timeout=1.0)
-        proc.send_signal(signal.SIGHUP)
-        started = time.monotonic()
-        while any(pid in children(proc.pid) for pid in workers):
-            await asyncio.sleep(0.05)
-            assert time.monotonic() - started < 30, "old workers did not exit"
-        swapped = time.monotonic() - started
+        swaps = []
+        for n in range(2, RELOADS + 2):
+            old = children(proc.pid)
+            tagger_config(config, f"v{n}", drain_timeout=1.0)
+            proc.send_signal(signal.SIGHUP)
+            started = time.monotonic()
+            while any(pid in children(proc.pid) for pid in old):
+                await asyncio.sleep(0.05)
+                assert time.monotonic() - started < 30, "old workers did not exit"
+            swaps.append(time.monotonic() - started)
+            await asyncio.sleep(0.3)
         await asyncio.sleep(1.0)
         stop.set()
-        return await loop_task, swapped
+        return await loop_task, swaps
 
-    counts, swapped = run(scenario(), 60)
-    return counts, children(proc.pid), swapped
+    return run(scenario(), 90)
 
 
 @pytest.mark.skipif(migrate_req() != "1",
                     reason="needs net.ipv4.tcp_migrate_req=1 (.ci/run sets it; see README, Reload)")
 def test_reload_under_load_refuses_no_connection(tagged):
     proc, port, config, workers = tagged()
-    counts, now_workers, swapped = reload_under_load(proc, port, config, workers)
-    print(f"\nreload under load: {counts['attempted']} connections attempted, {counts['failed']} failed, "
-          f"tags {counts['tags']}, old workers gone {swapped:.2f}s after SIGHUP")
+    counts, swaps = reload_under_load(proc, port, config)
+    print(f"\nreload under load: {RELOADS} reloads, {counts['attempted']} connections attempted, "
+          f"{counts['failed']} failed, tags {counts['tags']}, old workers gone "
+          f"{', '.join(f'{s:.2f}' for s in swaps)} s after each SIGHUP")
     assert counts["failed"] == 0, counts
-    assert counts["tags"].get("v1", 0) > 0 and counts["tags"].get("v2", 0) > 0, counts
-    assert set(counts["tags"]) == {"v1", "v2"}
-    assert counts["attempted"] > 200, counts          # the loop really was tight
+    tags = [f"v{n}" for n in range(1, RELOADS + 2)]
+    assert set(counts["tags"]) == set(tags) and all(counts["tags"][t] > 0 for t in tags), counts
+    assert counts["attempted"] > 1000, counts         # the loop really was tight
+    now_workers = children(proc.pid)
     assert len(now_workers) == 2 and not set(now_workers) & set(workers)
-    assert tag_of(port) == "v2"
+    assert tag_of(port) == f"v{RELOADS + 1}"
     assert proc.poll() is None
 
 
