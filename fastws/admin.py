@@ -162,13 +162,14 @@ class AdminServer:
             self._answer(client, 431, "text/plain", b"request too large\n")
             return
         try:
-            client.parser.feed_data(data)
+            try:
+                client.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                client.request.complete = True  # an Upgrade request: answered as a plain GET
             if not client.request.complete:
                 return
             method = client.parser.get_method()
             path = (httptools.parse_url(client.request.url).path or b"/").decode("latin-1")
-        except httptools.HttpParserUpgrade:
-            return
         except httptools.HttpParserError:       # the URL's parser errors too
             self._answer(client, 400, "text/plain", b"bad request\n")
             return

@@ -255,6 +255,11 @@ def test_requests_it_does_not_serve(admin):
         with socket.create_connection(("127.0.0.1", admin_port)) as sock:
             sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(100).split(b" ")[1] in (b"400", b"404"), target
+    # An Upgrade request is answered as a plain GET (the endpoint speaks no WebSocket).
+    with socket.create_connection(("127.0.0.1", admin_port)) as sock:
+        sock.settimeout(3)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
     assert healthz(admin_port) == 200 and proc.poll() is None
 
 
