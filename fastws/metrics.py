@@ -85,17 +85,7 @@ class WorkerMetrics:
         out: dict[tuple, float] = {("connections",): server.connections_total}
         for status, count in server.handshakes.items():
             out[("handshakes", str(status))] = count
-        messages = list(server.closed_messages)
-        payload = list(server.closed_bytes)
-        drops = list(server.closed_drops)
-        for link in server.links:
-            session = link.session
-            if session is None:
-                continue
-            for i, half in enumerate(session.halves):
-                messages[i] += half.parser.messages
-                payload[i] += half.parser.payload_bytes
-                drops[i] += half.dropped
+        messages, payload, drops = server.traffic()
         for i, direction in enumerate(DIRECTIONS):
             out[("messages", direction)] = messages[i]
             out[("bytes", direction)] = payload[i]

@@ -828,10 +828,7 @@ class ProxyServer:
         self.links.discard(link)
         session = link.session
         if session is not None:
-            for i, half in enumerate(session.halves):
-                self.closed_messages[i] += half.parser.messages
-                self.closed_bytes[i] += half.parser.payload_bytes
-                self.closed_drops[i] += half.dropped
+            _add_traffic(session, self.closed_messages, self.closed_bytes, self.closed_drops)
             key = (session.closed_by or "proxy", session.close_code or CloseCode.ABNORMAL_CLOSURE)
             self.closes[key] = self.closes.get(key, 0) + 1
         stats = link.stats
@@ -845,10 +842,26 @@ class ProxyServer:
         if not self.links:
             self.closed_event.set()
 
+    def traffic(self) -> tuple[list[int], list[int], list[int]]:
+        """Messages, payload bytes and dropped frames from the client [0] and the upstream [1]
+        so far: the closed connections' totals plus what the open ones have carried."""
+        messages, payload, drops = list(self.closed_messages), list(self.closed_bytes), list(self.closed_drops)
+        for link in self.links:
+            if link.session is not None:
+                _add_traffic(link.session, messages, payload, drops)
+        return messages, payload, drops
+
     def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "Going Away",
                   cause: str = "shutdown") -> None:
         for link in list(self.links):
             link.close(code, reason, cause)
+
+
+def _add_traffic(session, messages: list[int], payload: list[int], drops: list[int]) -> None:
+    for i, half in enumerate(session.halves):
+        messages[i] += half.parser.messages
+        payload[i] += half.parser.payload_bytes
+        drops[i] += half.dropped
 
 
 def access_log_writer(stream, fmt: str = "text") -> Callable[[ConnectionStats], None]:

@@ -224,9 +224,9 @@ async def serve(config: Any, *, chain_for: Callable | None = None, parent: int |
     loop.add_signal_handler(signal.SIGINT, worker.stop, min(config.graceful_timeout, 2.0))
     loop.add_signal_handler(signal.SIGQUIT, worker.drain)
     # The master forks with these blocked (one sent meanwhile is delivered now, to the loop).
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
-                                                 signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
-                                                 signal.SIGCHLD})
+    from .arbiter import SIGNAL_SET
+
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNAL_SET)
     if ready is not None:
         os.write(ready, b"1")                   # listening: the master may retire the old workers
         os.close(ready)

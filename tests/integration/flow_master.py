@@ -15,14 +15,7 @@ import pytest
 import websockets
 
 from .conftest import free_port, run
-
-
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []
+from .flow_proc import children
 
 
 def sockets_of(pid: int) -> int:

@@ -41,6 +41,15 @@ def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a fastws master's workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
 def memory_kib(pid: int, field: str = "VmRSS") -> int:
     """A ``/proc/PID/status`` memory field (VmRSS: resident now, VmHWM: peak resident), in KiB."""
     with open(f"/proc/{pid}/status") as status:
@@ -112,11 +121,7 @@ class FastwsProcess:
 
     def pids(self) -> list[int]:
         """The master and its workers (``python -m fastws`` is a master with forked workers)."""
-        try:
-            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
-                return [self.pid, *map(int, f.read().split())]
-        except FileNotFoundError:
-            return [self.pid]
+        return [self.pid, *children(self.pid)]
 
     def rss(self) -> int:
         """Resident set size now of the master and its workers, in bytes."""

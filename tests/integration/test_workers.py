@@ -16,6 +16,8 @@ import time
 import pytest
 import websockets
 
+from fastws.arbiter import tcp_migrate_req
+
 from .conftest import free_port, run
 from .flow_master import children, serving, sockets_of, stderr_of, wait_for
 
@@ -205,14 +207,6 @@ def tagger_config(path, tag: str, drain_timeout: float = 2.0, workers: int = 2) 
                     f'plugins:\n  - {{name: "tagger:Tagger", config: {{tag: "{tag}"}}}}\n')
 
 
-def migrate_req() -> str | None:
-    try:
-        with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 @pytest.fixture
 def tagged(master, tmp_path):
     """A master with two workers whose plugin tags every answer with the config's tag."""
@@ -294,7 +288,7 @@ def reload_under_load(proc, port: int, config) -> tuple[dict, list[float]]:
     return run(scenario(), 90)
 
 
-@pytest.mark.skipif(migrate_req() != "1",
+@pytest.mark.skipif(tcp_migrate_req() != "1",
                     reason="needs net.ipv4.tcp_migrate_req=1 (.ci/run sets it; see README, Reload)")
 def test_reload_under_load_refuses_no_connection(tagged):
     proc, port, config, workers = tagged()
